@@ -1,0 +1,84 @@
+"""Read ModelService objects from YAML files, with errors that name the file and field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from modelservice import API_VERSION, KIND
+from modelservice.api.errors import FieldProblem, SpecError, problems_from
+from modelservice.api.models import ModelService
+
+
+@dataclass(frozen=True)
+class LoadedModelService:
+    """A ModelService and the file it came from (relative URIs resolve against ``base_dir``)."""
+
+    model: ModelService
+    path: Path
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.resolve().parent
+
+
+def _documents(path: Path) -> list[Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), [FieldProblem("", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(str(path), [FieldProblem("", f"cannot read file: {exc}")]) from None
+    try:
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(str(path), [FieldProblem("", f"invalid YAML{where}: {problem}")]) from None
+
+
+def parse(document: Any, source: str) -> ModelService:
+    """Validate one document as a ModelService; raise SpecError naming ``source`` and the field."""
+    if not isinstance(document, dict):
+        raise SpecError(source, [FieldProblem("", "not a mapping")])
+    if document.get("apiVersion") != API_VERSION:
+        raise SpecError(source, [FieldProblem("apiVersion", f"must be {API_VERSION}")])
+    try:
+        return ModelService.model_validate(document)
+    except ValidationError as exc:
+        raise SpecError(source, problems_from(exc)) from None
+
+
+def load_file(path: Path | str) -> list[LoadedModelService]:
+    """Every ModelService in a (multi-document) YAML file; documents of other kinds are skipped."""
+    path = Path(path)
+    found: list[LoadedModelService] = []
+    problems: list[FieldProblem] = []
+    documents = _documents(path)
+    for index, document in enumerate(documents):
+        if not isinstance(document, dict) or document.get("kind") != KIND:
+            continue
+        try:
+            found.append(LoadedModelService(parse(document, str(path)), path))
+        except SpecError as exc:
+            prefix = f"document {index + 1}: " if len(documents) > 1 else ""
+            problems += [FieldProblem(p.path, prefix + p.message) if prefix else p for p in exc.problems]
+    if problems:
+        raise SpecError(str(path), problems)
+    if not found:
+        raise SpecError(str(path), [FieldProblem("kind", f"no {KIND} ({API_VERSION}) found in the file")])
+    return found
+
+
+def load_one(path: Path | str) -> LoadedModelService:
+    """The single ModelService of a file (convert/serve take exactly one)."""
+    found = load_file(path)
+    if len(found) != 1:
+        names = ", ".join(item.model.name for item in found)
+        raise SpecError(str(path), [FieldProblem("", f"expected one {KIND}, found {len(found)} ({names})")])
+    return found[0]

@@ -1,0 +1,564 @@
+"""The ModelService API (modelservice.dev/v1alpha1) as pydantic models.
+
+These models are the single source of truth: the CRD in crds/ is generated from them (see api/crd.py),
+the CLI validates files with them, and the operator parses every object it reconciles through them.
+YAML/JSON fields are camelCase; Python attributes are snake_case.
+
+Cross-field rules raise ``ValueError("<fieldAlias>: message")`` from model validators so that
+``api.errors`` can name the exact field path (``spec.autoscaling.maxReplicas``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from modelservice import API_VERSION, KIND
+
+# A ModelService name becomes the prefix of every child name; the longest child name is
+# "<name>-convert-<10 hex>" (a Job, whose name also lands in a 63-character label).
+MAX_NAME_LENGTH = 40
+DNS1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+SHA256 = r"^[0-9a-f]{64}$"
+TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.:/-]*$"
+ARCHITECTURE = r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+
+# Schemes a ModelService may name. file:// and bare paths are for the local CLI only (the operator
+# has no access to the user's disk); the operator reports them as Stalled.
+CLUSTER_SCHEMES = ("pvc", "http", "https", "s3", "gs")
+LOCAL_SCHEMES = ("file",)
+URI_PATTERN = r"^((pvc|https?|s3|gs|file)://.+|[^:]+)$"
+
+DType = Literal["FP32", "FP16", "BF16", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "BOOL"]
+Format = Literal["pytorch", "torchscript", "exported-program", "onnx", "triton-repository"]
+Target = Literal["onnx", "torchscript", "tensorrt", "none"]
+Precision = Literal["fp32", "fp16", "int8", "auto"]
+Phase = Literal["Pending", "Converting", "Deploying", "Ready", "Degraded", "Failed"]
+
+
+def uri_scheme(uri: str) -> str:
+    """The scheme of a model/data URI; a bare path counts as ``file``."""
+    match = re.match(r"^([a-z][a-z0-9+.-]*)://", uri)
+    return match.group(1) if match else "file"
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=False,
+    )
+
+    def to_api(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase, unset optionals left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# ----------------------------------------------------------------------------------------------- spec: model
+
+
+class TensorSpec(ApiModel):
+    """One input or output tensor, without the batch dimension."""
+
+    name: str = Field(pattern=TENSOR_NAME, max_length=128, description="Tensor name as Triton exposes it.")
+    dtype: DType = Field(default="FP32", description="Triton data type (FP32, FP16, INT64, ...).")
+    shape: list[int] = Field(
+        min_length=1,
+        max_length=8,
+        description="Dimensions excluding the batch dimension; -1 marks a variable dimension.",
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_dims(cls, shape: list[int]) -> list[int]:
+        for dim in shape:
+            if dim == 0 or dim < -1:
+                raise ValueError(f"dimensions must be positive or -1 (variable), got {dim}")
+        return shape
+
+
+class Credentials(ApiModel):
+    """Where the operator finds credentials for the model source."""
+
+    secret_name: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description="Secret in the ModelService's namespace; its keys become the fetch step's environment "
+        "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, ...).",
+    )
+
+
+class ModelSource(ApiModel):
+    """Where the model comes from and what it looks like."""
+
+    uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=URI_PATTERN,
+        description="pvc://CLAIM/PATH, http(s)://, s3://BUCKET/KEY, gs://BUCKET/KEY; for the local CLI also "
+        "file:// or a path (relative to the YAML file's folder). A folder, a file, or a .tar.gz/.zip archive.",
+    )
+    format: Format = Field(
+        default="pytorch",
+        description="pytorch (state dict + architecture), torchscript, exported-program (torch.export .pt2), "
+        "onnx, or triton-repository (served as is).",
+    )
+    architecture: str | None = Field(
+        default=None,
+        pattern=ARCHITECTURE,
+        description="Format pytorch only: FILE_IN_SOURCE:CALLABLE that builds the module, e.g. model.py:DigitsNet.",
+    )
+    weights: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="File inside the source holding the state dict; .safetensors preferred, .pt/.pth are loaded "
+        "with torch.load(weights_only=True).",
+    )
+    sha256: str | None = Field(
+        default=None, pattern=SHA256, description="Expected SHA-256 (hex) of the fetched file or archive."
+    )
+    credentials: Credentials | None = Field(default=None, description="Credentials for s3://, gs:// or http(s)://.")
+    inputs: list[TensorSpec] = Field(
+        default_factory=list, max_length=64, description="Input tensors; inferred from ONNX models when empty."
+    )
+    outputs: list[TensorSpec] = Field(
+        default_factory=list, max_length=64, description="Output tensors; inferred from ONNX models when empty."
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _relative_weights(cls, weights: str | None) -> str | None:
+        if weights is not None and (weights.startswith("/") or ".." in weights.split("/")):
+            raise ValueError("must be a relative path inside the model source")
+        return weights
+
+    @model_validator(mode="after")
+    def _format_rules(self) -> ModelSource:
+        if self.format == "pytorch" and not self.architecture:
+            raise ValueError("architecture: required when format is pytorch (FILE.py:CALLABLE)")
+        if self.format != "pytorch" and self.architecture:
+            raise ValueError("architecture: only valid when format is pytorch")
+        if self.format in ("pytorch", "torchscript", "exported-program") and not self.inputs:
+            raise ValueError(f"inputs: required when format is {self.format} (name, dtype, shape of each input)")
+        names = [t.name for t in self.inputs] + [t.name for t in self.outputs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"inputs: tensor names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ spec: conversion
+
+
+class Calibration(ApiModel):
+    """Representative inputs for static int8 quantization."""
+
+    uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=URI_PATTERN,
+        description="A .npz file whose array 'x' (or the first array) holds calibration inputs.",
+    )
+    samples: int = Field(default=256, ge=1, le=100_000, description="How many samples to calibrate with.")
+
+
+class Quantization(ApiModel):
+    """How int8 weights/activations are computed."""
+
+    method: Literal["dynamic", "static"] = Field(
+        default="dynamic",
+        description="dynamic: int8 weights, activations quantized at run time (ONNX Runtime quantize_dynamic); "
+        "static: QDQ with activation ranges from calibration data (quantize_static).",
+    )
+    calibration: Calibration | None = Field(default=None, description="Required for method static.")
+
+    @model_validator(mode="after")
+    def _static_needs_calibration(self) -> Quantization:
+        if self.method == "static" and self.calibration is None:
+            raise ValueError("calibration: required when method is static")
+        return self
+
+
+class Verification(ApiModel):
+    """How the converted model is checked against the original."""
+
+    tolerance: float = Field(
+        default=0.01, gt=0, le=1000, description="Largest absolute output difference accepted (fp32/fp16 targets)."
+    )
+    accuracy_budget: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Largest accuracy drop accepted, as a fraction (0.01 = 1 percentage point). Also bounds the "
+        "candidates precision auto may pick.",
+    )
+    data_uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=URI_PATTERN,
+        description="Labelled .npz with arrays x and y; without it, seeded random inputs within the declared shapes.",
+    )
+    samples: int = Field(default=512, ge=1, le=1_000_000, description="Largest number of samples verified.")
+    enabled: bool = Field(default=True, description="Turn verification off (not recommended).")
+
+
+class Conversion(ApiModel):
+    """What the model is converted to before Triton serves it."""
+
+    target: Target = Field(
+        default="onnx", description="onnx, torchscript, tensorrt (GPU), or none (serve the source as is)."
+    )
+    precision: Precision = Field(
+        default="fp32", description="fp32, fp16, int8, or auto (fastest variant within accuracyBudget)."
+    )
+    quantization: Quantization = Field(default_factory=Quantization, description="int8 settings.")
+    verification: Verification = Field(default_factory=Verification, description="Parity and accuracy checks.")
+    opset: int = Field(default=17, ge=13, le=23, description="ONNX opset for the onnx and tensorrt targets.")
+
+    @model_validator(mode="after")
+    def _target_rules(self) -> Conversion:
+        if self.target == "none" and self.precision != "fp32":
+            raise ValueError("precision: must be fp32 when target is none (nothing is converted)")
+        if self.target == "torchscript" and self.precision in ("int8", "auto"):
+            raise ValueError(f"precision: {self.precision} needs target onnx or tensorrt")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- spec: serving
+
+
+class DynamicBatching(ApiModel):
+    """Triton's dynamic batcher."""
+
+    max_queue_delay_microseconds: int = Field(
+        default=100, ge=0, le=10_000_000, description="How long a request may wait for others to form a batch."
+    )
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, max_length=16, description="Batch sizes the batcher tries to form."
+    )
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _positive_sizes(cls, sizes: list[int]) -> list[int]:
+        if any(size < 1 for size in sizes):
+            raise ValueError("batch sizes must be positive")
+        return sizes
+
+
+class Resources(ApiModel):
+    """Compute resources of each Triton replica."""
+
+    gpu: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu per replica; 0 runs Triton on CPU.")
+    requests: dict[str, str] = Field(
+        default_factory=lambda: {"cpu": "1", "memory": "2Gi"}, description="CPU/memory requests."
+    )
+    limits: dict[str, str] = Field(default_factory=lambda: {"memory": "4Gi"}, description="CPU/memory limits.")
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, values: dict[str, str]) -> dict[str, str]:
+        for key, value in values.items():
+            if key not in ("cpu", "memory", "ephemeral-storage"):
+                raise ValueError(f"unknown resource {key!r} (cpu, memory, ephemeral-storage; GPUs go in gpu)")
+            if not re.match(QUANTITY, str(value)):
+                raise ValueError(f"{key}: {value!r} is not a Kubernetes quantity")
+        return values
+
+
+class Serving(ApiModel):
+    """How Triton runs."""
+
+    image: str = Field(
+        default="nvcr.io/nvidia/tritonserver:25.01-py3", min_length=1, description="Triton server image."
+    )
+    replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is not set.")
+    max_batch_size: int = Field(
+        default=32, ge=0, le=65536, description="Triton max_batch_size; 0 disables batching."
+    )
+    dynamic_batching: DynamicBatching | None = Field(
+        default_factory=DynamicBatching, description="Dynamic batcher settings; null turns it off."
+    )
+    instances: int = Field(default=1, ge=1, le=64, description="Model instances per replica (instance_group).")
+    resources: Resources = Field(default_factory=Resources, description="Per-replica resources.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector for Triton pods.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations for Triton pods.")
+    affinity: dict[str, Any] | None = Field(default=None, description="Affinity for Triton pods.")
+
+    @model_validator(mode="after")
+    def _batching_rules(self) -> Serving:
+        if self.dynamic_batching is not None:
+            if self.max_batch_size == 0 and self.dynamic_batching.preferred_batch_sizes:
+                raise ValueError("dynamicBatching: preferredBatchSizes need maxBatchSize > 0")
+            too_big = [s for s in self.dynamic_batching.preferred_batch_sizes if s > self.max_batch_size]
+            if too_big:
+                raise ValueError(
+                    f"dynamicBatching: preferredBatchSizes {too_big} exceed maxBatchSize {self.max_batch_size}"
+                )
+        return self
+
+
+# ----------------------------------------------------------------------------------------- spec: autoscaling
+
+MetricType = Literal["cpu", "queueTime", "inferenceRate"]
+
+
+class MetricTarget(ApiModel):
+    """One autoscaling signal. cpu takes targetUtilization; queueTime targetMicroseconds; inferenceRate
+    targetPerReplica."""
+
+    type: MetricType = Field(description="cpu, queueTime (Triton queue time per request) or inferenceRate.")
+    target_utilization: int | None = Field(default=None, ge=1, le=100, description="cpu: percent of requests.")
+    target_microseconds: int | None = Field(default=None, ge=1, description="queueTime: average queue time, us.")
+    target_per_replica: int | None = Field(default=None, ge=1, description="inferenceRate: inferences/s per pod.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> MetricTarget:
+        needed = {
+            "cpu": "targetUtilization",
+            "queueTime": "targetMicroseconds",
+            "inferenceRate": "targetPerReplica",
+        }
+        present = {
+            "targetUtilization": self.target_utilization,
+            "targetMicroseconds": self.target_microseconds,
+            "targetPerReplica": self.target_per_replica,
+        }
+        want = needed[self.type]
+        if present[want] is None:
+            raise ValueError(f"{want}: required for metric type {self.type}")
+        extra = [k for k, v in present.items() if v is not None and k != want]
+        if extra:
+            raise ValueError(f"{extra[0]}: not valid for metric type {self.type}")
+        return self
+
+    @property
+    def target(self) -> int:
+        value = self.target_utilization or self.target_microseconds or self.target_per_replica
+        assert value is not None
+        return value
+
+
+def _default_metrics() -> list[MetricTarget]:
+    return [MetricTarget(type="cpu", target_utilization=70)]
+
+
+class Autoscaling(ApiModel):
+    """HorizontalPodAutoscaler settings; absent means fixed replicas."""
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
+    metrics: list[MetricTarget] = Field(
+        default_factory=_default_metrics, min_length=1, max_length=8, description="Signals to scale on."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas: {self.min_replicas} is greater than maxReplicas {self.max_replicas}")
+        types = [m.type for m in self.metrics]
+        if len(set(types)) != len(types):
+            raise ValueError("metrics: each metric type may appear once")
+        return self
+
+
+# ------------------------------------------------------------------------------- spec: storage and exposure
+
+
+class PersistentVolumeClaimSpec(ApiModel):
+    """The claim that holds converted model repositories."""
+
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description="Claim name; default <modelservice>-models. An existing claim is used as is.",
+    )
+    size: str = Field(default="10Gi", pattern=QUANTITY, description="Requested size when the operator creates it.")
+    storage_class_name: str | None = Field(default=None, description="Storage class when the operator creates it.")
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] = Field(
+        default_factory=lambda: ["ReadWriteOnce"],  # type: ignore[arg-type]
+        min_length=1,
+        description="Access modes; ReadWriteMany lets replicas on several nodes share the repository.",
+    )
+
+
+class Storage(ApiModel):
+    """Where converted repositories live."""
+
+    pvc: PersistentVolumeClaimSpec = Field(default_factory=PersistentVolumeClaimSpec, description="The claim.")
+
+
+class ServiceExposure(ApiModel):
+    """The Service in front of Triton."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(default="ClusterIP", description="Service type.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra Service annotations.")
+
+
+class IngressExposure(ApiModel):
+    """An Ingress for Triton's HTTP port."""
+
+    host: str = Field(min_length=1, max_length=253, description="Host name.")
+    path: str = Field(default="/", pattern=r"^/", description="Path prefix.")
+    class_name: str | None = Field(default=None, description="IngressClass name.")
+    tls_secret_name: str | None = Field(default=None, description="TLS Secret for the host.")
+
+
+class ParentRef(ApiModel):
+    """A Gateway API parent reference."""
+
+    name: str = Field(min_length=1, description="Gateway name.")
+    namespace: str | None = Field(default=None, description="Gateway namespace.")
+    section_name: str | None = Field(default=None, description="Listener name.")
+
+
+class HTTPRouteExposure(ApiModel):
+    """A Gateway API HTTPRoute for Triton's HTTP port."""
+
+    parent_refs: list[ParentRef] = Field(min_length=1, description="Gateways to attach to.")
+    hostnames: list[str] = Field(default_factory=list, description="Host names.")
+    path: str = Field(default="/", pattern=r"^/", description="Path prefix.")
+
+
+class Exposure(ApiModel):
+    """How Triton is reached."""
+
+    service: ServiceExposure = Field(default_factory=ServiceExposure, description="The Service.")
+    ingress: IngressExposure | None = Field(default=None, description="Optional Ingress.")
+    http_route: HTTPRouteExposure | None = Field(default=None, description="Optional Gateway API HTTPRoute.")
+
+
+# ---------------------------------------------------------------------------------------------------- spec
+
+
+class ModelServiceSpec(ApiModel):
+    """Desired state of a ModelService."""
+
+    model: ModelSource = Field(description="The model to fetch.")
+    conversion: Conversion = Field(default_factory=Conversion, description="Conversion, quantization, verification.")
+    serving: Serving = Field(default_factory=Serving, description="How Triton serves the model.")
+    autoscaling: Autoscaling | None = Field(default=None, description="Autoscaling; absent means fixed replicas.")
+    storage: Storage = Field(default_factory=Storage, description="Where converted repositories live.")
+    exposure: Exposure = Field(default_factory=Exposure, description="Service, Ingress, HTTPRoute.")
+
+    @model_validator(mode="after")
+    def _cross_section_rules(self) -> ModelServiceSpec:
+        fmt, target = self.model.format, self.conversion.target
+        if fmt in ("pytorch", "exported-program") and target == "none":
+            raise ValueError(f"conversion: target none cannot serve format {fmt}; choose onnx, torchscript or tensorrt")
+        if fmt == "triton-repository" and target != "none":
+            raise ValueError("conversion: format triton-repository is served as is; set target none")
+        if fmt == "onnx" and target == "torchscript":
+            raise ValueError("conversion: an onnx model cannot be converted to torchscript")
+        if target == "tensorrt" and self.serving.resources.gpu < 1:
+            raise ValueError("serving: target tensorrt needs a GPU (serving.resources.gpu >= 1)")
+        if self.conversion.precision == "fp16" and target == "torchscript" and self.serving.resources.gpu < 1:
+            raise ValueError("conversion: fp16 torchscript needs a GPU (serving.resources.gpu >= 1)")
+        return self
+
+
+# -------------------------------------------------------------------------------------------------- status
+
+
+class Condition(ApiModel):
+    """A kstatus-style condition."""
+
+    type: str = Field(description="Ready, Converted, Available, Reconciling or Stalled.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="Generation this condition is about.")
+
+
+class Artifact(ApiModel):
+    """The converted model the replicas serve."""
+
+    uri: str | None = Field(default=None, description="Where the model repository is.")
+    format: str | None = Field(default=None, description="onnx, torchscript, tensorrt, ...")
+    precision: str | None = Field(default=None, description="Chosen precision.")
+    sha256: str | None = Field(default=None, description="Digest of the artifact.")
+    size_bytes: int | None = Field(default=None, description="Artifact size.")
+    source_sha256: str | None = Field(default=None, description="Digest of the fetched source.")
+
+
+class VerificationStatus(ApiModel):
+    """What verification measured."""
+
+    max_abs_error: float | None = Field(default=None, description="Largest absolute output difference.")
+    max_rel_error: float | None = Field(default=None, description="Largest relative output difference.")
+    accuracy: float | None = Field(default=None, description="Accuracy of the converted model on dataUri.")
+    reference_accuracy: float | None = Field(default=None, description="Accuracy of the original model.")
+    passed: bool | None = Field(default=None, description="Whether every check passed.")
+
+
+class Endpoints(ApiModel):
+    """Where Triton answers."""
+
+    http: str | None = Field(default=None, description="KServe v2 HTTP endpoint.")
+    grpc: str | None = Field(default=None, description="KServe v2 gRPC endpoint (host:port).")
+    metrics: str | None = Field(default=None, description="Prometheus metrics URL.")
+    external: str | None = Field(default=None, description="Ingress/HTTPRoute URL, when one exists.")
+
+
+class ModelServiceStatus(ApiModel):
+    """Observed state of a ModelService."""
+
+    phase: Phase | None = Field(default=None, description="Pending, Converting, Deploying, Ready, Degraded, Failed.")
+    observed_generation: int | None = Field(default=None, description="Generation the status reflects.")
+    conditions: list[Condition] = Field(default_factory=list, description="kstatus conditions.")
+    artifact: Artifact | None = Field(default=None, description="The served artifact.")
+    verification: VerificationStatus | None = Field(default=None, description="Verification results.")
+    replicas: int | None = Field(default=None, description="Triton replicas (scale subresource).")
+    ready_replicas: int | None = Field(default=None, description="Ready Triton replicas.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+    endpoints: Endpoints | None = Field(default=None, description="Where to reach the model.")
+    conversion_job: str | None = Field(default=None, description="Name of the current conversion Job.")
+
+
+# ---------------------------------------------------------------------------------------------- the object
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the operator reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=DNS1035, max_length=MAX_NAME_LENGTH)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelService(ApiModel):
+    """A ModelService as found in a file or in the cluster."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: Literal["modelservice.dev/v1alpha1"] = Field(default=API_VERSION)
+    kind: Literal["ModelService"] = Field(default=KIND)
+    metadata: ObjectMeta
+    spec: ModelServiceSpec
+    status: ModelServiceStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or "default"
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ModelService:
+        """Parse an object as the API server (or kopf) hands it over."""
+        return cls.model_validate(dict(body))
