@@ -58,18 +58,16 @@ def load_file(path: Path | str) -> list[LoadedModelService]:
     """Every ModelService in a (multi-document) YAML file; documents of other kinds are skipped."""
     path = Path(path)
     found: list[LoadedModelService] = []
-    problems: list[FieldProblem] = []
-    documents = _documents(path)
+    problems: list[str] = []
+    documents = [doc for doc in _documents(path) if isinstance(doc, dict) and doc.get("kind") == KIND]
     for index, document in enumerate(documents):
-        if not isinstance(document, dict) or document.get("kind") != KIND:
-            continue
+        source = f"{path} (document {index + 1})" if len(documents) > 1 else str(path)
         try:
-            found.append(LoadedModelService(parse(document, str(path)), path))
+            found.append(LoadedModelService(parse(document, source), path))
         except SpecError as exc:
-            prefix = f"document {index + 1}: " if len(documents) > 1 else ""
-            problems += [FieldProblem(p.path, prefix + p.message) if prefix else p for p in exc.problems]
+            problems += exc.lines()
     if problems:
-        raise SpecError(str(path), problems)
+        raise SpecError("", [FieldProblem("", line) for line in problems])
     if not found:
         raise SpecError(str(path), [FieldProblem("kind", f"no {KIND} ({API_VERSION}) found in the file")])
     return found

@@ -16,8 +16,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from modelservice import API_VERSION, KIND
-
 # A ModelService name becomes the prefix of every child name; the longest child name is
 # "<name>-convert-<10 hex>" (a Job, whose name also lands in a 63-character label).
 MAX_NAME_LENGTH = 40
@@ -44,6 +42,17 @@ def uri_scheme(uri: str) -> str:
     """The scheme of a model/data URI; a bare path counts as ``file``."""
     match = re.match(r"^([a-z][a-z0-9+.-]*)://", uri)
     return match.group(1) if match else "file"
+
+
+def _cel(*rules: tuple[str, str, str]) -> dict[str, Any]:
+    """CEL rules (x-kubernetes-validations) that the API server enforces itself; the same rules are
+    implemented in the model validators so the CLI and the operator reject what the cluster would."""
+    return {
+        "x-kubernetes-validations": [
+            {"rule": rule, "message": message, **({"fieldPath": path} if path else {})}
+            for rule, message, path in rules
+        ]
+    }
 
 
 class ApiModel(BaseModel):
@@ -98,6 +107,21 @@ class Credentials(ApiModel):
 class ModelSource(ApiModel):
     """Where the model comes from and what it looks like."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.format) || self.format != 'pytorch' || has(self.architecture)",
+                "architecture is required when format is pytorch",
+                ".architecture",
+            ),
+            (
+                "!has(self.architecture) || (has(self.format) && self.format == 'pytorch') || !has(self.format)",
+                "architecture is only valid when format is pytorch",
+                ".architecture",
+            ),
+        )
+    )
+
     uri: str = Field(
         min_length=1,
         max_length=2048,
@@ -124,12 +148,18 @@ class ModelSource(ApiModel):
     sha256: str | None = Field(
         default=None, pattern=SHA256, description="Expected SHA-256 (hex) of the fetched file or archive."
     )
-    credentials: Credentials | None = Field(default=None, description="Credentials for s3://, gs:// or http(s)://.")
+    credentials: Credentials | None = Field(
+        default=None, description="Credentials for s3://, gs:// or http(s)://."
+    )
     inputs: list[TensorSpec] = Field(
-        default_factory=list, max_length=64, description="Input tensors; inferred from ONNX models when empty."
+        default_factory=list,
+        max_length=64,
+        description="Input tensors; inferred from ONNX models when empty.",
     )
     outputs: list[TensorSpec] = Field(
-        default_factory=list, max_length=64, description="Output tensors; inferred from ONNX models when empty."
+        default_factory=list,
+        max_length=64,
+        description="Output tensors; inferred from ONNX models when empty.",
     )
 
     @field_validator("weights")
@@ -146,7 +176,9 @@ class ModelSource(ApiModel):
         if self.format != "pytorch" and self.architecture:
             raise ValueError("architecture: only valid when format is pytorch")
         if self.format in ("pytorch", "torchscript", "exported-program") and not self.inputs:
-            raise ValueError(f"inputs: required when format is {self.format} (name, dtype, shape of each input)")
+            raise ValueError(
+                f"inputs: required when format is {self.format} (name, dtype, shape of each input)"
+            )
         names = [t.name for t in self.inputs] + [t.name for t in self.outputs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -172,6 +204,16 @@ class Calibration(ApiModel):
 class Quantization(ApiModel):
     """How int8 weights/activations are computed."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.method) || self.method != 'static' || has(self.calibration)",
+                "calibration is required when method is static",
+                ".calibration",
+            ),
+        )
+    )
+
     method: Literal["dynamic", "static"] = Field(
         default="dynamic",
         description="dynamic: int8 weights, activations quantized at run time (ONNX Runtime quantize_dynamic); "
@@ -190,7 +232,10 @@ class Verification(ApiModel):
     """How the converted model is checked against the original."""
 
     tolerance: float = Field(
-        default=0.01, gt=0, le=1000, description="Largest absolute output difference accepted (fp32/fp16 targets)."
+        default=0.01,
+        gt=0,
+        le=1000,
+        description="Largest absolute output difference accepted (fp32/fp16 targets).",
     )
     accuracy_budget: float = Field(
         default=0.01,
@@ -212,6 +257,22 @@ class Verification(ApiModel):
 class Conversion(ApiModel):
     """What the model is converted to before Triton serves it."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.target) || self.target != 'none' || !has(self.precision) || self.precision == 'fp32'",
+                "precision must be fp32 when target is none",
+                ".precision",
+            ),
+            (
+                "!has(self.target) || self.target != 'torchscript' || !has(self.precision) "
+                "|| !(self.precision in ['int8', 'auto'])",
+                "int8 and auto precision need target onnx or tensorrt",
+                ".precision",
+            ),
+        )
+    )
+
     target: Target = Field(
         default="onnx", description="onnx, torchscript, tensorrt (GPU), or none (serve the source as is)."
     )
@@ -219,7 +280,9 @@ class Conversion(ApiModel):
         default="fp32", description="fp32, fp16, int8, or auto (fastest variant within accuracyBudget)."
     )
     quantization: Quantization = Field(default_factory=Quantization, description="int8 settings.")
-    verification: Verification = Field(default_factory=Verification, description="Parity and accuracy checks.")
+    verification: Verification = Field(
+        default_factory=Verification, description="Parity and accuracy checks."
+    )
     opset: int = Field(default=17, ge=13, le=23, description="ONNX opset for the onnx and tensorrt targets.")
 
     @model_validator(mode="after")
@@ -238,7 +301,10 @@ class DynamicBatching(ApiModel):
     """Triton's dynamic batcher."""
 
     max_queue_delay_microseconds: int = Field(
-        default=100, ge=0, le=10_000_000, description="How long a request may wait for others to form a batch."
+        default=100,
+        ge=0,
+        le=10_000_000,
+        description="How long a request may wait for others to form a batch.",
     )
     preferred_batch_sizes: list[int] = Field(
         default_factory=list, max_length=16, description="Batch sizes the batcher tries to form."
@@ -259,7 +325,9 @@ class Resources(ApiModel):
     requests: dict[str, str] = Field(
         default_factory=lambda: {"cpu": "1", "memory": "2Gi"}, description="CPU/memory requests."
     )
-    limits: dict[str, str] = Field(default_factory=lambda: {"memory": "4Gi"}, description="CPU/memory limits.")
+    limits: dict[str, str] = Field(
+        default_factory=lambda: {"memory": "4Gi"}, description="CPU/memory limits."
+    )
 
     @field_validator("requests", "limits")
     @classmethod
@@ -285,10 +353,14 @@ class Serving(ApiModel):
     dynamic_batching: DynamicBatching | None = Field(
         default_factory=DynamicBatching, description="Dynamic batcher settings; null turns it off."
     )
-    instances: int = Field(default=1, ge=1, le=64, description="Model instances per replica (instance_group).")
+    instances: int = Field(
+        default=1, ge=1, le=64, description="Model instances per replica (instance_group)."
+    )
     resources: Resources = Field(default_factory=Resources, description="Per-replica resources.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector for Triton pods.")
-    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations for Triton pods.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Tolerations for Triton pods."
+    )
     affinity: dict[str, Any] | None = Field(default=None, description="Affinity for Triton pods.")
 
     @model_validator(mode="after")
@@ -313,10 +385,39 @@ class MetricTarget(ApiModel):
     """One autoscaling signal. cpu takes targetUtilization; queueTime targetMicroseconds; inferenceRate
     targetPerReplica."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.type != 'cpu' || (has(self.targetUtilization) && !has(self.targetMicroseconds) "
+                "&& !has(self.targetPerReplica))",
+                "metric type cpu takes targetUtilization only",
+                "",
+            ),
+            (
+                "self.type != 'queueTime' || (has(self.targetMicroseconds) && !has(self.targetUtilization) "
+                "&& !has(self.targetPerReplica))",
+                "metric type queueTime takes targetMicroseconds only",
+                "",
+            ),
+            (
+                "self.type != 'inferenceRate' || (has(self.targetPerReplica) && !has(self.targetUtilization) "
+                "&& !has(self.targetMicroseconds))",
+                "metric type inferenceRate takes targetPerReplica only",
+                "",
+            ),
+        )
+    )
+
     type: MetricType = Field(description="cpu, queueTime (Triton queue time per request) or inferenceRate.")
-    target_utilization: int | None = Field(default=None, ge=1, le=100, description="cpu: percent of requests.")
-    target_microseconds: int | None = Field(default=None, ge=1, description="queueTime: average queue time, us.")
-    target_per_replica: int | None = Field(default=None, ge=1, description="inferenceRate: inferences/s per pod.")
+    target_utilization: int | None = Field(
+        default=None, ge=1, le=100, description="cpu: percent of requests."
+    )
+    target_microseconds: int | None = Field(
+        default=None, ge=1, description="queueTime: average queue time, us."
+    )
+    target_per_replica: int | None = Field(
+        default=None, ge=1, description="inferenceRate: inferences/s per pod."
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> MetricTarget:
@@ -352,6 +453,16 @@ def _default_metrics() -> list[MetricTarget]:
 class Autoscaling(ApiModel):
     """HorizontalPodAutoscaler settings; absent means fixed replicas."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+                "minReplicas must not exceed maxReplicas",
+                ".minReplicas",
+            ),
+        )
+    )
+
     min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
     metrics: list[MetricTarget] = Field(
@@ -361,7 +472,9 @@ class Autoscaling(ApiModel):
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
-            raise ValueError(f"minReplicas: {self.min_replicas} is greater than maxReplicas {self.max_replicas}")
+            raise ValueError(
+                f"minReplicas: {self.min_replicas} is greater than maxReplicas {self.max_replicas}"
+            )
         types = [m.type for m in self.metrics]
         if len(set(types)) != len(types):
             raise ValueError("metrics: each metric type may appear once")
@@ -380,8 +493,12 @@ class PersistentVolumeClaimSpec(ApiModel):
         max_length=253,
         description="Claim name; default <modelservice>-models. An existing claim is used as is.",
     )
-    size: str = Field(default="10Gi", pattern=QUANTITY, description="Requested size when the operator creates it.")
-    storage_class_name: str | None = Field(default=None, description="Storage class when the operator creates it.")
+    size: str = Field(
+        default="10Gi", pattern=QUANTITY, description="Requested size when the operator creates it."
+    )
+    storage_class_name: str | None = Field(
+        default=None, description="Storage class when the operator creates it."
+    )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] = Field(
         default_factory=lambda: ["ReadWriteOnce"],  # type: ignore[arg-type]
         min_length=1,
@@ -392,13 +509,17 @@ class PersistentVolumeClaimSpec(ApiModel):
 class Storage(ApiModel):
     """Where converted repositories live."""
 
-    pvc: PersistentVolumeClaimSpec = Field(default_factory=PersistentVolumeClaimSpec, description="The claim.")
+    pvc: PersistentVolumeClaimSpec = Field(
+        default_factory=PersistentVolumeClaimSpec, description="The claim."
+    )
 
 
 class ServiceExposure(ApiModel):
     """The Service in front of Triton."""
 
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(default="ClusterIP", description="Service type.")
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        default="ClusterIP", description="Service type."
+    )
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra Service annotations.")
 
 
@@ -441,10 +562,38 @@ class Exposure(ApiModel):
 class ModelServiceSpec(ApiModel):
     """Desired state of a ModelService."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.model.format) || !(self.model.format in ['pytorch', 'exported-program']) "
+                "|| !has(self.conversion) || !has(self.conversion.target) || self.conversion.target != 'none'",
+                "target none cannot serve a pytorch or exported-program model",
+                ".conversion",
+            ),
+            (
+                "!has(self.model.format) || self.model.format != 'triton-repository' || "
+                "(has(self.conversion) && has(self.conversion.target) && self.conversion.target == 'none')",
+                "a triton-repository model is served as is: set conversion.target none",
+                ".conversion",
+            ),
+            (
+                "!has(self.conversion) || !has(self.conversion.target) || self.conversion.target != 'tensorrt' "
+                "|| (has(self.serving) && has(self.serving.resources) && has(self.serving.resources.gpu) "
+                "&& self.serving.resources.gpu >= 1)",
+                "target tensorrt needs serving.resources.gpu >= 1",
+                ".serving",
+            ),
+        )
+    )
+
     model: ModelSource = Field(description="The model to fetch.")
-    conversion: Conversion = Field(default_factory=Conversion, description="Conversion, quantization, verification.")
+    conversion: Conversion = Field(
+        default_factory=Conversion, description="Conversion, quantization, verification."
+    )
     serving: Serving = Field(default_factory=Serving, description="How Triton serves the model.")
-    autoscaling: Autoscaling | None = Field(default=None, description="Autoscaling; absent means fixed replicas.")
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Autoscaling; absent means fixed replicas."
+    )
     storage: Storage = Field(default_factory=Storage, description="Where converted repositories live.")
     exposure: Exposure = Field(default_factory=Exposure, description="Service, Ingress, HTTPRoute.")
 
@@ -452,7 +601,9 @@ class ModelServiceSpec(ApiModel):
     def _cross_section_rules(self) -> ModelServiceSpec:
         fmt, target = self.model.format, self.conversion.target
         if fmt in ("pytorch", "exported-program") and target == "none":
-            raise ValueError(f"conversion: target none cannot serve format {fmt}; choose onnx, torchscript or tensorrt")
+            raise ValueError(
+                f"conversion: target none cannot serve format {fmt}; choose onnx, torchscript or tensorrt"
+            )
         if fmt == "triton-repository" and target != "none":
             raise ValueError("conversion: format triton-repository is served as is; set target none")
         if fmt == "onnx" and target == "torchscript":
@@ -511,7 +662,9 @@ class Endpoints(ApiModel):
 class ModelServiceStatus(ApiModel):
     """Observed state of a ModelService."""
 
-    phase: Phase | None = Field(default=None, description="Pending, Converting, Deploying, Ready, Degraded, Failed.")
+    phase: Phase | None = Field(
+        default=None, description="Pending, Converting, Deploying, Ready, Degraded, Failed."
+    )
     observed_generation: int | None = Field(default=None, description="Generation the status reflects.")
     conditions: list[Condition] = Field(default_factory=list, description="kstatus conditions.")
     artifact: Artifact | None = Field(default=None, description="The served artifact.")
@@ -544,8 +697,8 @@ class ModelService(ApiModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    api_version: Literal["modelservice.dev/v1alpha1"] = Field(default=API_VERSION)
-    kind: Literal["ModelService"] = Field(default=KIND)
+    api_version: Literal["modelservice.dev/v1alpha1"] = Field(default="modelservice.dev/v1alpha1")
+    kind: Literal["ModelService"] = Field(default="ModelService")
     metadata: ObjectMeta
     spec: ModelServiceSpec
     status: ModelServiceStatus | None = None
