@@ -666,7 +666,11 @@ class ModelServiceStatus(ApiModel):
         default=None, description="Pending, Converting, Deploying, Ready, Degraded, Failed."
     )
     observed_generation: int | None = Field(default=None, description="Generation the status reflects.")
-    conditions: list[Condition] = Field(default_factory=list, description="kstatus conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="kstatus conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     artifact: Artifact | None = Field(default=None, description="The served artifact.")
     verification: VerificationStatus | None = Field(default=None, description="Verification results.")
     replicas: int | None = Field(default=None, description="Triton replicas (scale subresource).")
