@@ -1,1 +1,226 @@
+"""Pure builders: a ModelService (+ what the operator observed) -> the child objects, as dicts.
 
+Nothing here talks to the API. The operator (``modelservice.controller``) observes the cluster, fills an
+``Observed``, calls ``children(ms, observed, config)`` and creates what is missing / patches what differs;
+``modelservice render -f FILE`` prints ``render_stream(...)``.
+
+Children, in creation order (names are deterministic, see ``names.py``; every child carries the common labels
+``app.kubernetes.io/{name,instance,component,part-of,managed-by}`` and ``modelservice.dev/name``, and a
+controller owner reference to the ModelService when it has a uid):
+
+====================  =====================================  ================================================
+kind                  name                                   when
+====================  =====================================  ================================================
+PersistentVolumeClaim ``spec.storage.pvc.name`` or           conversion needed and the claim is not an
+                      ``<name>-models``                      existing foreign one (``Observed.pvc_external``)
+ConfigMap             ``<name>-convert-<hash>`` (immutable)  ``plan.job_wanted``
+Job                   ``<name>-convert-<hash>``              ``plan.job_wanted``
+Deployment            ``<name>``                             ``plan.deploy_hash`` is set
+Service               ``<name>``                             always
+PodDisruptionBudget   ``<name>``                             with the Deployment
+HorizontalPodAutosc.  ``<name>``                             with the Deployment, when ``spec.autoscaling``
+Ingress               ``<name>``                             ``spec.exposure.ingress``
+HTTPRoute             ``<name>``                             ``spec.exposure.httpRoute``
+====================  =====================================  ================================================
+
+The conversion hash and the rules the operator follows (pure functions in ``plan.py``, tested):
+
+1. ``conversion_hash(ms)`` (10 hex) covers what changes the converted repository: ``spec.model`` (credentials
+   excepted), ``spec.conversion`` and the serving fields written into config.pbtxt (maxBatchSize,
+   dynamicBatching, instances, gpu). Replicas, resources, images, autoscaling and exposure do not change it.
+2. ``needs_conversion(ms)``: every format except ``triton-repository`` is converted by a Job (also onnx /
+   torchscript with target ``none``: the Job fetches, checks and writes config.pbtxt). A triton-repository is
+   mounted in place from its PVC, or fetched into an emptyDir by an init container (``modelservice fetch``).
+3. The Deployment carries the hash it serves in the annotation ``modelservice.dev/conversion-hash``
+   (``HASH_ANNOTATION``), on itself and on its pod template; Triton reads ``/models/<hash>`` from the claim,
+   mounted read-only, so a running Triton never sees a repository being written.
+4. The Job (and ConfigMap) of the current hash is wanted unless the Deployment already serves that hash. So an
+   unchanged spec never re-converts, and a succeeded Job removed by its TTL is not re-created.
+5. The Deployment moves to the current hash only once that hash's Job succeeded; meanwhile it keeps serving
+   the hash it has (only fields outside the hash, such as replicas, change at once). Before the first
+   successful conversion there is no Deployment (nor PDB/HPA).
+6. A failed Job is not retried by the operator (no hot loop): it stays, its ConfigMap too, until the spec
+   changes (new hash, new Job) or someone deletes the Job (the operator then creates it again).
+7. ``obsolete_children`` names what the operator created earlier and no longer wants (a removed Ingress/HPA,
+   Jobs/ConfigMaps of other hashes); PersistentVolumeClaims are never in it.
+
+The operator's loop, statelessly::
+
+    observed = Observed(deployment=<Deployment named deployment_name(ms) or None>,
+                        conversion_job=job_state(<Job named job_name(ms)>) or None,
+                        pvc_external=<claim pvc_name(ms) exists and not is_owned_by(claim, ms)>)
+    wanted = children(ms, observed, config)      # create missing, patch differing owned fields
+    p = plan(ms, observed)                       # for status: p.converting, p.conversion_failed, p.up_to_date
+
+``render_stream`` renders what the operator would create when conversion succeeds (Job *and* Deployment on the
+new hash); objects from a file have no uid, so they carry no owner references.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from modelservice.api.models import ModelService
+from modelservice.render.configmap import build_configmap
+from modelservice.render.delivery import check_cluster_uris, model_delivery
+from modelservice.render.deployment import build_deployment
+from modelservice.render.endpoints import endpoints
+from modelservice.render.hpa import (
+    METRIC_INFERENCE_RATE,
+    METRIC_QUEUE_TIME,
+    PROMETHEUS_ADAPTER_RULES,
+    build_hpa,
+)
+from modelservice.render.ingress import build_httproute, build_ingress
+from modelservice.render.job import build_job
+from modelservice.render.names import (
+    HASH_ANNOTATION,
+    HASH_LABEL,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    common_labels,
+    configmap_name,
+    conversion_hash,
+    deployment_name,
+    is_owned_by,
+    job_name,
+    needs_conversion,
+    owner_reference,
+    pvc_name,
+    selector_labels,
+    selector_string,
+    service_name,
+)
+from modelservice.render.pdb import build_pdb
+from modelservice.render.plan import DEFAULT_CONFIG, JobState, Observed, OperatorConfig, Plan, job_state, plan
+from modelservice.render.pvc import build_pvc
+from modelservice.render.service import build_service
+
+__all__ = [
+    "HASH_ANNOTATION",
+    "HASH_LABEL",
+    "MANAGED_KINDS",
+    "METRIC_INFERENCE_RATE",
+    "METRIC_QUEUE_TIME",
+    "PROMETHEUS_ADAPTER_RULES",
+    "JobState",
+    "Observed",
+    "OperatorConfig",
+    "Plan",
+    "build_configmap",
+    "build_deployment",
+    "build_hpa",
+    "build_httproute",
+    "build_ingress",
+    "build_job",
+    "build_pdb",
+    "build_pvc",
+    "build_service",
+    "check_cluster_uris",
+    "children",
+    "common_labels",
+    "configmap_name",
+    "conversion_hash",
+    "deployment_name",
+    "endpoints",
+    "is_owned_by",
+    "job_name",
+    "job_state",
+    "model_delivery",
+    "needs_conversion",
+    "obsolete_children",
+    "owner_reference",
+    "plan",
+    "pvc_name",
+    "render_stream",
+    "selector_labels",
+    "selector_string",
+    "service_name",
+]
+
+# (apiVersion, kind) of every child kind the operator may create, in creation order.
+MANAGED_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "PersistentVolumeClaim"),
+    ("v1", "ConfigMap"),
+    ("batch/v1", "Job"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+)
+
+
+def children(ms: ModelService, observed: Observed, config: OperatorConfig = DEFAULT_CONFIG) -> list[dict[str, Any]]:
+    """Every child the operator wants for ``ms`` given what it observed, in creation order.
+
+    Raises ``SpecError`` (naming the field) for specs only the local CLI can serve (file:// sources).
+    """
+    check_cluster_uris(ms)
+    decision = plan(ms, observed)
+    out: list[dict[str, Any]] = []
+    if needs_conversion(ms) and not observed.pvc_external:
+        out.append(build_pvc(ms, config))
+    if decision.job_wanted:
+        out += [build_configmap(ms), build_job(ms, config)]
+    if decision.deploy_hash is not None:
+        out.append(build_deployment(ms, decision.deploy_hash, config))
+    out.append(build_service(ms))
+    if decision.deploy_hash is not None:
+        out.append(build_pdb(ms))
+        hpa = build_hpa(ms)
+        if hpa is not None:
+            out.append(hpa)
+    for optional in (build_ingress(ms), build_httproute(ms)):
+        if optional is not None:
+            out.append(optional)
+    return out
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    return str(obj.get("kind")), str((obj.get("metadata") or {}).get("name"))
+
+
+def obsolete_children(
+    ms: ModelService, wanted: list[dict[str, Any]], existing: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Objects in ``existing`` (children the operator found, e.g. listed by the ``app.kubernetes.io/instance``
+    label) that it created for ``ms`` and no longer wants; never a PersistentVolumeClaim (it holds data), never
+    an object without this operator's ``managed-by`` label and instance, nor one owned by another object."""
+    wanted_keys = {_key(obj) for obj in wanted}
+    out = []
+    for obj in existing:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        mine = labels.get(LABEL_MANAGED_BY) == common_labels(ms, "")[LABEL_MANAGED_BY]
+        mine = mine and labels.get(LABEL_INSTANCE) == ms.name
+        if not mine or obj.get("kind") == "PersistentVolumeClaim" or _key(obj) in wanted_keys:
+            continue
+        if ms.metadata.uid and not is_owned_by(obj, ms):
+            continue
+        out.append(obj)
+    return out
+
+
+def _with_namespace(ms: ModelService, namespace: str | None) -> ModelService:
+    if namespace is None or ms.metadata.namespace:
+        return ms
+    return ms.model_copy(update={"metadata": ms.metadata.model_copy(update={"namespace": namespace})})
+
+
+def render_stream(
+    models: list[ModelService], namespace: str | None = None, config: OperatorConfig = DEFAULT_CONFIG
+) -> str:
+    """A YAML stream of what the operator would create for each ModelService, assuming conversion succeeds.
+
+    ``namespace`` applies to ModelServices whose metadata names none (default: ``default``).
+    """
+    documents: list[str] = []
+    for model in models:
+        ms = _with_namespace(model, namespace)
+        observed = Observed(conversion_job="succeeded")
+        for obj in children(ms, observed, config):
+            documents.append(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
+    return "".join(f"---\n{doc}" for doc in documents)

@@ -1,0 +1,91 @@
+"""The HorizontalPodAutoscaler (autoscaling/v2) and the custom metrics it reads.
+
+``cpu`` is a Resource metric (metrics-server). ``queueTime`` and ``inferenceRate`` are Pods metrics served
+through the custom metrics API by prometheus-adapter, from Triton's own Prometheus metrics scraped from
+port 8002 of every pod (the pod template carries ``prometheus.io/scrape`` annotations):
+
+- ``modelservice_triton_queue_time_us``: average queue time per request, microseconds, per pod
+  = rate(nv_inference_queue_duration_us) / rate(nv_inference_request_success);
+- ``modelservice_triton_inference_rate``: inferences per second, per pod = rate(nv_inference_count).
+
+``PROMETHEUS_ADAPTER_RULES`` is the prometheus-adapter ``rules`` list producing exactly these names; the
+Helm chart renders it into the adapter's configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelservice.api.models import MetricTarget, ModelService
+from modelservice.render.names import COMPONENT_SERVER, deployment_name, hpa_name, metadata
+
+METRIC_QUEUE_TIME = "modelservice_triton_queue_time_us"
+METRIC_INFERENCE_RATE = "modelservice_triton_inference_rate"
+RATE_WINDOW = "2m"
+
+# prometheus-adapter rules (config.rules): series are Triton's, per pod and namespace labels added by scraping.
+PROMETHEUS_ADAPTER_RULES: list[dict[str, Any]] = [
+    {
+        "seriesQuery": 'nv_inference_queue_duration_us{namespace!="",pod!=""}',
+        "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+        "name": {"matches": "^nv_inference_queue_duration_us$", "as": METRIC_QUEUE_TIME},
+        "metricsQuery": (
+            f"sum(rate(nv_inference_queue_duration_us{{<<.LabelMatchers>>}}[{RATE_WINDOW}])) by (<<.GroupBy>>)"
+            f" / clamp_min(sum(rate(nv_inference_request_success{{<<.LabelMatchers>>}}[{RATE_WINDOW}]))"
+            " by (<<.GroupBy>>), 1e-9)"
+        ),
+    },
+    {
+        "seriesQuery": 'nv_inference_count{namespace!="",pod!=""}',
+        "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+        "name": {"matches": "^nv_inference_count$", "as": METRIC_INFERENCE_RATE},
+        "metricsQuery": f"sum(rate(nv_inference_count{{<<.LabelMatchers>>}}[{RATE_WINDOW}])) by (<<.GroupBy>>)",
+    },
+]
+
+
+def _pods_metric(name: str, average: int) -> dict[str, Any]:
+    return {
+        "type": "Pods",
+        "pods": {"metric": {"name": name}, "target": {"type": "AverageValue", "averageValue": str(average)}},
+    }
+
+
+def hpa_metric(metric: MetricTarget) -> dict[str, Any]:
+    """One ModelService metric as an autoscaling/v2 MetricSpec."""
+    if metric.type == "cpu":
+        return {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": metric.target}},
+        }
+    if metric.type == "queueTime":
+        return _pods_metric(METRIC_QUEUE_TIME, metric.target)
+    return _pods_metric(METRIC_INFERENCE_RATE, metric.target)
+
+
+def build_hpa(ms: ModelService) -> dict[str, Any] | None:
+    """The HPA scaling the Deployment, or None when ``spec.autoscaling`` is absent.
+
+    Scale-down waits 5 minutes of lower load (Triton replicas are slow to start) and removes at most one pod
+    per minute; scale-up is immediate.
+    """
+    autoscaling = ms.spec.autoscaling
+    if autoscaling is None:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(ms, hpa_name(ms), COMPONENT_SERVER),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name(ms)},
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [hpa_metric(metric) for metric in autoscaling.metrics],
+            "behavior": {
+                "scaleDown": {
+                    "stabilizationWindowSeconds": 300,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+                },
+            },
+        },
+    }
