@@ -1,0 +1,178 @@
+"""The chart renders valid objects (strict schemas, three+ Kubernetes versions, PSS restricted) in every mode."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import helm_python
+import pytest
+from chartlib import NAMESPACE, RELEASE, VALUE_SETS, by_kind, objects, render
+
+from _k8s import K8S_VERSIONS, check_restricted, pod_templates, validate_strict
+
+# Kinds from CRDs that kubernetes-validate does not ship: checked structurally below.
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor"}
+PEERING_KINDS = {"ClusterKopfPeering", "KopfPeering"}
+DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+
+
+def _check_monitor(obj: dict[str, Any]) -> None:
+    """Structural check of a Prometheus Operator ServiceMonitor/PodMonitor (monitoring.coreos.com/v1)."""
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = obj["spec"]
+    endpoints_key = "endpoints" if obj["kind"] == "ServiceMonitor" else "podMetricsEndpoints"
+    assert set(spec) <= {"selector", "namespaceSelector", endpoints_key}, spec.keys()
+    assert spec["selector"]["matchLabels"], "an empty selector would scrape everything"
+    ns_selector = spec["namespaceSelector"]
+    assert ns_selector == {"any": True} or (set(ns_selector) == {"matchNames"} and ns_selector["matchNames"])
+    for endpoint in spec[endpoints_key]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "relabelings"}
+        assert isinstance(endpoint["port"], str) and endpoint["path"] == "/metrics"
+        assert DURATION.match(endpoint["interval"])
+        for relabel in endpoint.get("relabelings", []):
+            assert set(relabel) <= {"sourceLabels", "targetLabel", "action", "regex", "replacement"}
+
+
+def _check_peering(obj: dict[str, Any]) -> None:
+    assert obj["apiVersion"] == "kopf.dev/v1"
+    assert set(obj) == {"apiVersion", "kind", "metadata"}
+    annotations = obj["metadata"]["annotations"]
+    # Created after the release's CRDs exist (a hook), re-created on upgrade.
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert (obj["kind"] == "KopfPeering") == ("namespace" in obj["metadata"])
+
+
+@pytest.mark.parametrize("case", list(VALUE_SETS))
+def test_every_object_is_valid(chart: helm_python.Chart, case: str) -> None:
+    objs = objects(chart, VALUE_SETS[case])
+    assert objs
+    for obj in objs:
+        if obj["kind"] in MONITORING_KINDS:
+            _check_monitor(obj)
+        elif obj["kind"] in PEERING_KINDS:
+            _check_peering(obj)
+        else:
+            assert validate_strict(obj) == list(K8S_VERSIONS)
+    assert len(K8S_VERSIONS) >= 3
+
+
+@pytest.mark.parametrize("case", list(VALUE_SETS))
+def test_pods_pass_restricted_pod_security(chart: helm_python.Chart, case: str) -> None:
+    (deployment,) = by_kind(objects(chart, VALUE_SETS[case]), "Deployment")
+    ((pod, annotations),) = pod_templates(deployment)
+    assert check_restricted(pod, annotations) == []
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+def test_default_render_shape(chart: helm_python.Chart) -> None:
+    objs = objects(chart, {})
+    kinds = sorted(obj["kind"] for obj in objs)
+    assert kinds == sorted(
+        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
+    )
+    (deployment,) = by_kind(objs, "Deployment")
+    assert deployment["metadata"]["namespace"] == NAMESPACE
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "ghcr.io/modelservice/operator:0.1.0"
+    assert container["command"] == ["modelservice"]
+    assert container["args"] == ["run", "--metrics-port", "8080", "--health-port", "8081"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["MODELSERVICE_CONVERTER_IMAGE"]["value"] == "ghcr.io/modelservice/converter:0.1.0"
+    (service,) = by_kind(objs, "Service")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_namespaced_mode_watches_only_the_listed_namespaces(chart: helm_python.Chart) -> None:
+    objs = objects(chart, {"watchNamespaces": ["ml", "team-b"]})
+    (deployment,) = by_kind(objs, "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-4:] == ["--namespace", "ml", "--namespace", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in by_kind(objs, "Role")) == ["ml", "team-b"]
+    for binding in by_kind(objs, "RoleBinding"):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": RELEASE + "-modelservice-operator", "namespace": NAMESPACE}
+        ]
+
+
+def test_peering_mode_runs_standby_replicas_with_distinct_priorities(chart: helm_python.Chart) -> None:
+    objs = objects(chart, VALUE_SETS["peering"])
+    (deployment,) = by_kind(objs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["/bin/sh", "-c"]
+    (script,) = container["args"]
+    assert script.startswith(
+        "exec modelservice run --metrics-port 8080 --health-port 8081 --peering modelservice-operator"
+    )
+    assert '--priority "$(python -c' in script
+    crds = {c["metadata"]["name"] for c in by_kind(objs, "CustomResourceDefinition")}
+    assert crds == {"modelservices.modelservice.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    (peering,) = by_kind(objs, "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == "modelservice-operator"
+    namespaced = objects(chart, VALUE_SETS["peering-namespaced"])
+    assert [p["metadata"]["namespace"] for p in by_kind(namespaced, "KopfPeering")] == ["ml"]
+    assert not by_kind(namespaced, "ClusterKopfPeering")
+
+
+def test_the_priority_script_is_valid_shell_and_python() -> None:
+    import subprocess
+    import sys
+
+    objs_script = "python -c 'import secrets; print(1 + secrets.randbelow(1000000))'"
+    out = subprocess.run(
+        ["/bin/sh", "-c", f'echo "$({objs_script.replace("python", sys.executable, 1)})"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert 1 <= int(out.stdout) <= 1000000
+
+
+def test_more_replicas_without_peering_is_refused(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmError, match=r"replicas > 1 needs peering\.enabled"):
+        render(chart, {"replicas": 2})
+
+
+def test_monitoring_objects(chart: helm_python.Chart) -> None:
+    from modelservice.render import names
+
+    objs = objects(chart, VALUE_SETS["monitoring"])
+    (service_monitor,) = by_kind(objs, "ServiceMonitor")
+    (service,) = by_kind(objs, "Service")
+    assert service_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (pod_monitor,) = by_kind(objs, "PodMonitor")
+    # The PodMonitor selects exactly the labels the renderer puts on Triton's pods, on Triton's metrics port.
+    assert pod_monitor["spec"]["selector"]["matchLabels"] == {
+        names.LABEL_NAME: names.APP_NAME,
+        names.LABEL_COMPONENT: names.COMPONENT_SERVER,
+    }
+    assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+    relabel = pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]
+    assert relabel["sourceLabels"] == ["__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9]", "_", names.NAME_LABEL)]
+    namespaced = objects(chart, {"watchNamespaces": ["ml"], "tritonMetrics": {"podMonitor": {"enabled": True}}})
+    assert by_kind(namespaced, "PodMonitor")[0]["spec"]["namespaceSelector"] == {"matchNames": ["ml"]}
+
+
+def test_notes_render_in_every_mode(chart: helm_python.Chart) -> None:
+    for values in VALUE_SETS.values():
+        notes = [objs[0]["notes"] for path, objs in render(chart, values).items() if path.endswith("NOTES.txt")]
+        assert len(notes) == 1 and "kubectl wait --for=condition=Ready" in notes[0]
+    assert (
+        "install the CRD yourself"
+        in render(chart, {"crds": {"enabled": False}})["modelservice-operator/templates/NOTES.txt"][0]["notes"]
+    )
