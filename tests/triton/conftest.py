@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import _digits  # first: keeps tests/triton from shadowing the name "triton" for torch
 import numpy as np
 import pytest
 
+import _digits  # first: keeps tests/triton from shadowing the name "triton" for torch
 from modelservice.api.loader import LoadedModelService, load_one
 from modelservice.serve.pybackend import make_runnable
 from modelservice.serve.triton import TritonProcess, find_tritonserver
