@@ -6,7 +6,8 @@ Generated, from their single sources:
 - charts/modelservice-operator/files/crds/ (the same bytes)      <- the same
 - manifests/base/ (kustomize base: namespace, CRD, RBAC, ...)    <- the Helm chart, rendered with its defaults
 - manifests/overlays/namespaced/ (Roles, patches)                <- the Helm chart, rendered with watchNamespaces
-- deploy/prometheus-adapter/values.yaml                          <- charts/.../files/prometheus-adapter-rules.yaml
+- deploy/argocd/argocd-cm-patch.yaml, argo-cd-values.yaml               <- deploy/argocd/health.lua
+- charts/.../files/prometheus-adapter-rules.yaml, deploy/prometheus-adapter/values.yaml <- render/hpa.py's rules
 
 The chart is rendered with the real Helm SDK (PyPI helm-python-sdk), offline.
 
@@ -160,30 +161,70 @@ def namespaced_overlay_files(chart_dir: Path) -> dict[str, str]:
     return {f"manifests/overlays/namespaced/{name}": text for name, text in files.items()}
 
 
-def prometheus_adapter_files(chart_dir: Path) -> dict[str, str]:
-    rules = yaml.safe_load((chart_dir / "files" / "prometheus-adapter-rules.yaml").read_text())
-    values = {"rules": {"default": False, "custom": rules["rules"]}}
-    header = (
-        "# Values for the prometheus-community/prometheus-adapter chart: Triton metrics -> the custom metrics\n"
-        "# (queueTime, inferenceRate) of the ModelService HPAs. See docs/install.md.\n"
+ADAPTER_RULES = f"{CHART}/files/prometheus-adapter-rules.yaml"
+
+
+def prometheus_adapter_files() -> dict[str, str]:
+    """The adapter rules (render/hpa.py) as the chart's ConfigMap payload and as prometheus-adapter chart values."""
+    from modelservice.render.hpa import METRIC_INFERENCE_RATE, METRIC_QUEUE_TIME, PROMETHEUS_ADAPTER_RULES
+
+    source = "modelservice.render.hpa.PROMETHEUS_ADAPTER_RULES"
+    about = (
+        f"# prometheus-adapter rules: Triton's per-pod counters -> the custom metrics the ModelService HPAs read\n"
+        f"# ({METRIC_QUEUE_TIME} for queueTime, {METRIC_INFERENCE_RATE} for inferenceRate). See docs/install.md.\n"
     )
-    text = HEADER.format(source=f"{CHART}/files/prometheus-adapter-rules.yaml") + header
-    text += yaml.safe_dump(values, sort_keys=False, default_flow_style=False, width=110)
-    return {"deploy/prometheus-adapter/values.yaml": text}
+
+    def text(document: dict[str, Any]) -> str:
+        body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=1000)
+        return HEADER.format(source=source) + about + body
+
+    return {
+        ADAPTER_RULES: text({"rules": PROMETHEUS_ADAPTER_RULES}),
+        "deploy/prometheus-adapter/values.yaml": text(
+            {"rules": {"default": False, "custom": PROMETHEUS_ADAPTER_RULES}}
+        ),
+    }
+
+
+ARGOCD_KEY = "resource.customizations.health.modelservice.dev_ModelService"
+
+
+def _indent(text: str, spaces: int) -> str:
+    return "".join(" " * spaces + line if line.strip() else line for line in text.splitlines(keepends=True))
+
+
+def argocd_files(source_root: Path) -> dict[str, str]:
+    """deploy/argocd/health.lua wrapped for argocd-cm (kubectl patch) and for the argo-cd Helm chart's values."""
+    lua = (source_root / "deploy" / "argocd" / "health.lua").read_text(encoding="utf-8")
+    header = HEADER.format(source="deploy/argocd/health.lua")
+    configmap = (
+        header
+        + "# Merge into Argo CD's argocd-cm: kubectl -n argocd patch configmap argocd-cm --patch-file THIS_FILE\n"
+        + "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: argocd-cm\n  namespace: argocd\n"
+        + f"data:\n  {ARGOCD_KEY}: |\n"
+        + _indent(lua, 4)
+    )
+    values = (
+        header
+        + "# Values for the argo/argo-cd Helm chart: helm upgrade argocd argo/argo-cd -f THIS_FILE ...\n"
+        + f'configs:\n  cm:\n    "{ARGOCD_KEY}": |\n'
+        + _indent(lua, 6)
+    )
+    return {"deploy/argocd/argocd-cm-patch.yaml": configmap, "deploy/argocd/argo-cd-values.yaml": values}
 
 
 def generate_all(source_root: Path = REPO) -> dict[str, str]:
     """Every generated file: repository-relative path -> content. Reads sources under ``source_root``."""
     chart_dir = source_root / CHART
-    files = crd_files()
-    # The chart templates read files/crds/: render from a copy that already holds the fresh CRD.
+    files = crd_files() | prometheus_adapter_files() | argocd_files(source_root)
+    # The chart templates read files/: render from a copy that already holds the fresh generated files.
     with tempfile.TemporaryDirectory() as tmp:
         chart_copy = Path(tmp) / CHART.name
         shutil.copytree(chart_dir, chart_copy)
         (chart_copy / "files" / "crds" / CRD_FILE).write_text(files[f"crds/{CRD_FILE}"])
+        (chart_copy / "files" / Path(ADAPTER_RULES).name).write_text(files[ADAPTER_RULES])
         files |= base_files(chart_copy, files[f"crds/{CRD_FILE}"])
         files |= namespaced_overlay_files(chart_copy)
-        files |= prometheus_adapter_files(chart_copy)
     return files
 
 
