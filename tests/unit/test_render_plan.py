@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 from _render_samples import modified, sample
 
-from modelservice.api.errors import SpecError
+from modelservice.api.errors import SpecError, UserError
 from modelservice.render import (
     HASH_ANNOTATION,
     Observed,
+    OperatorConfig,
     build_deployment,
     children,
     conversion_hash,
@@ -162,4 +163,34 @@ class TestObsolete:
         foreign = {"kind": "Ingress", "metadata": {"name": "other", "labels": {"app.kubernetes.io/instance": "digits"}}}
         pvc = children(ms, Observed())[0]
         assert pvc["kind"] == "PersistentVolumeClaim"
-        assert obsolete_children(ms, [], [foreign, pvc]) == []
+        deployment = build_deployment(ms, "0123456789")
+        assert obsolete_children(ms, [], [foreign, pvc, deployment]) == []
+
+
+class TestOperatorConfigFromEnv:
+    def test_overrides(self) -> None:
+        config = OperatorConfig.from_env(
+            {
+                "MODELSERVICE_CONVERTER_IMAGE": "registry.local/conv:2",
+                "MODELSERVICE_JOB_BACKOFF_LIMIT": "0",
+                "MODELSERVICE_OWN_CREATED_PVC": "false",
+                "UNRELATED": "x",
+            }
+        )
+        assert config.converter_image == "registry.local/conv:2"
+        assert config.job_backoff_limit == 0 and config.own_created_pvc is False
+        assert config.pvc_root == OperatorConfig().pvc_root
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("MODELSERVICE_JOB_BACKOFF_LIMIT", "two"),
+            ("MODELSERVICE_JOB_BACKOFF_LIMIT", "-1"),
+            ("MODELSERVICE_OWN_CREATED_PVC", "maybe"),
+            ("MODELSERVICE_CONVERTER_IMAGE", ""),
+            ("MODELSERVICE_CONVERTER_REQUESTS", "cpu=1"),
+        ],
+    )
+    def test_bad_values_name_the_variable(self, name: str, value: str) -> None:
+        with pytest.raises(UserError, match=name):
+            OperatorConfig.from_env({name: value})

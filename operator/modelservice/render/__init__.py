@@ -42,7 +42,7 @@ The conversion hash and the rules the operator follows (pure functions in ``plan
 6. A failed Job is not retried by the operator (no hot loop): it stays, its ConfigMap too, until the spec
    changes (new hash, new Job) or someone deletes the Job (the operator then creates it again).
 7. ``obsolete_children`` names what the operator created earlier and no longer wants (a removed Ingress/HPA,
-   Jobs/ConfigMaps of other hashes); PersistentVolumeClaims are never in it.
+   Jobs/ConfigMaps of other hashes); PersistentVolumeClaims and the Deployment are never in it.
 
 The operator's loop, statelessly::
 
@@ -180,6 +180,10 @@ def children(ms: ModelService, observed: Observed, config: OperatorConfig = DEFA
     return out
 
 
+# A claim holds data; a Deployment, once serving, is never taken away (plan() always keeps a served hash).
+_NEVER_OBSOLETE = frozenset({"PersistentVolumeClaim", "Deployment"})
+
+
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
     return str(obj.get("kind")), str((obj.get("metadata") or {}).get("name"))
 
@@ -188,15 +192,16 @@ def obsolete_children(
     ms: ModelService, wanted: list[dict[str, Any]], existing: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Objects in ``existing`` (children the operator found, e.g. listed by the ``app.kubernetes.io/instance``
-    label) that it created for ``ms`` and no longer wants; never a PersistentVolumeClaim (it holds data), never
-    an object without this operator's ``managed-by`` label and instance, nor one owned by another object."""
+    label) that it created for ``ms`` and no longer wants. Never a PersistentVolumeClaim (it holds data) or the
+    Deployment (Triton keeps serving), never an object without this operator's ``managed-by`` label and
+    instance, nor one owned by another object. Delete Jobs with ``propagationPolicy: Background``."""
     wanted_keys = {_key(obj) for obj in wanted}
     out = []
     for obj in existing:
         labels = (obj.get("metadata") or {}).get("labels") or {}
         mine = labels.get(LABEL_MANAGED_BY) == common_labels(ms, "")[LABEL_MANAGED_BY]
         mine = mine and labels.get(LABEL_INSTANCE) == ms.name
-        if not mine or obj.get("kind") == "PersistentVolumeClaim" or _key(obj) in wanted_keys:
+        if not mine or obj.get("kind") in _NEVER_OBSOLETE or _key(obj) in wanted_keys:
             continue
         if ms.metadata.uid and not is_owned_by(obj, ms):
             continue

@@ -5,9 +5,11 @@ See the package docstring (``modelservice.render``) for the rules in prose.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from modelservice.api.errors import UserError
 from modelservice.api.models import ModelService
 from modelservice.render.names import HASH_ANNOTATION, conversion_hash, job_name, needs_conversion
 
@@ -39,6 +41,46 @@ class OperatorConfig:
     startup_failure_threshold: int = 180
     # Whether the operator-created model claim is owned by the ModelService (deleted with it).
     own_created_pvc: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> OperatorConfig:
+        """Settings from ``MODELSERVICE_<FIELD>`` variables (e.g. ``MODELSERVICE_CONVERTER_IMAGE``,
+        ``MODELSERVICE_JOB_BACKOFF_LIMIT``); scalar fields only, unset variables keep the defaults.
+        Raises UserError naming the variable for a value of the wrong type."""
+        config = cls()
+        changes: dict[str, Any] = {}
+        for item in fields(cls):
+            raw = environ.get(f"MODELSERVICE_{item.name.upper()}")
+            if raw is None:
+                continue
+            current = getattr(config, item.name)
+            try:
+                changes[item.name] = _convert(raw, current)
+            except ValueError as exc:
+                raise UserError(f"MODELSERVICE_{item.name.upper()}={raw!r}: {exc}") from None
+        return replace(config, **changes)
+
+
+def _convert(raw: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(current, int):
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(current, str):
+        if not raw:
+            raise ValueError("must not be empty")
+        return raw
+    raise ValueError("not settable from the environment")
 
 
 DEFAULT_CONFIG = OperatorConfig()
