@@ -20,13 +20,17 @@ importable).
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate
+import kubernetes_validate.utils
+import referencing
 
 # Kubernetes versions checked (kubernetes-validate 1.37 ships schemas for 1.25 .. 1.37).
 K8S_VERSIONS: tuple[str, ...] = ("1.30.0", "1.32.0", "1.34.0", "1.36.0")
@@ -75,6 +79,32 @@ def _validate_httproute(obj: dict[str, Any]) -> None:
         raise AssertionError("HTTPRoute metadata.name: required")
 
 
+def _schema_dir(version: str) -> Any:
+    return importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"v{version}-local-strict"
+
+
+@functools.cache
+def _definitions(version: str) -> Any:
+    return referencing.Resource.from_contents(json.loads((_schema_dir(version) / "_definitions.json").read_text()))
+
+
+@functools.cache
+def _k8s_validator(version: str, api_version: str, kind: str) -> jsonschema.protocols.Validator:
+    """The validator ``kubernetes_validate.validate(obj, version, strict=True)`` builds, built once.
+
+    kubernetes_validate re-reads its 1.6 MB definitions file on every call; the render and chart tests validate
+    hundreds of objects, so this caches the same schema files and the same validator construction
+    (``test_cached_validator_agrees_with_kubernetes_validate`` pins the equivalence).
+    """
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    path = _schema_dir(version) / f"{kind.lower()}-{group_version}.json"
+    if not path.is_file():
+        raise AssertionError(f"no Kubernetes {version} schema for {kind} ({api_version})")
+    schema = json.loads(path.read_text())
+    registry = _definitions(version) @ (referencing.Resource.from_contents(schema) @ referencing.Registry())
+    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
 def validate_strict(obj: dict[str, Any], versions: Iterable[str] = K8S_VERSIONS) -> list[str]:
     """Validate ``obj`` strictly for every version in ``versions``; return the versions checked.
 
@@ -82,22 +112,20 @@ def validate_strict(obj: dict[str, Any], versions: Iterable[str] = K8S_VERSIONS)
     """
     if obj.get("apiVersion", "").startswith("gateway.networking.k8s.io/") and obj.get("kind") == "HTTPRoute":
         if obj["apiVersion"] != "gateway.networking.k8s.io/v1":
-            raise AssertionError(
-                f"HTTPRoute: only gateway.networking.k8s.io/v1 is checked, got {obj['apiVersion']}"
-            )
+            raise AssertionError(f"HTTPRoute: only gateway.networking.k8s.io/v1 is checked, got {obj['apiVersion']}")
         _validate_httproute(obj)
         return ["gateway-api-v1"]
     checked: list[str] = []
     for version in versions:
-        try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
+        if version not in kubernetes_validate.utils.all_versions():
+            raise AssertionError(f"kubernetes-validate ships no schemas for {version}")
+        validator = _k8s_validator(version, str(obj.get("apiVersion")), str(obj.get("kind")))
+        error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+        if error is not None:
             where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
             raise AssertionError(
-                f"{where} invalid for Kubernetes {version}: {_path(exc.absolute_path)}: {exc.message}"
-            ) from None
-        except kubernetes_validate.SchemaNotFoundError as exc:
-            raise AssertionError(exc.message) from None
+                f"{where} invalid for Kubernetes {version}: {_path(error.absolute_path)}: {error.message}"
+            )
         checked.append(version)
     return checked
 
@@ -145,9 +173,7 @@ def _containers(pod_spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
 
 
 def _check_host_namespaces(pod: dict[str, Any]) -> list[str]:
-    return [
-        f"spec.{field} must not be true" for field in ("hostNetwork", "hostPID", "hostIPC") if pod.get(field)
-    ]
+    return [f"spec.{field} must not be true" for field in ("hostNetwork", "hostPID", "hostIPC") if pod.get(field)]
 
 
 def _check_volumes(pod: dict[str, Any]) -> list[str]:
@@ -207,13 +233,9 @@ def _check_container(where: str, container: dict[str, Any], pod_ctx: dict[str, A
         problems.append(f"{where}: runAsNonRoot must be true (pod or container)")
     if ctx.get("runAsUser") == 0:
         problems.append(f"{where}: runAsUser must not be 0")
-    seccomp = (ctx.get("seccompProfile") or {}).get("type") or (pod_ctx.get("seccompProfile") or {}).get(
-        "type"
-    )
+    seccomp = (ctx.get("seccompProfile") or {}).get("type") or (pod_ctx.get("seccompProfile") or {}).get("type")
     if seccomp not in _SECCOMP_OK:
-        problems.append(
-            f"{where}: seccompProfile.type must be RuntimeDefault or Localhost (pod or container)"
-        )
+        problems.append(f"{where}: seccompProfile.type must be RuntimeDefault or Localhost (pod or container)")
     apparmor = (ctx.get("appArmorProfile") or {}).get("type")
     if apparmor is not None and apparmor not in _SECCOMP_OK:
         problems.append(f"{where}: appArmorProfile.type {apparmor!r} not allowed")
@@ -222,9 +244,7 @@ def _check_container(where: str, container: dict[str, Any], pod_ctx: dict[str, A
         problems.append(f"{where}: capabilities.drop must include ALL")
     added = sorted(set(caps.get("add") or []) - {"NET_BIND_SERVICE"})
     if added:
-        problems.append(
-            f"{where}: capabilities.add may only contain NET_BIND_SERVICE, found {', '.join(added)}"
-        )
+        problems.append(f"{where}: capabilities.add may only contain NET_BIND_SERVICE, found {', '.join(added)}")
     for port in container.get("ports") or []:
         if port.get("hostPort"):
             problems.append(f"{where}: hostPort {port['hostPort']} not allowed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import kubernetes_validate
 import pytest
 
 from _k8s import K8S_VERSIONS, check_restricted, pod_templates, validate_strict
@@ -61,6 +62,18 @@ class TestValidateStrict:
         obj["spec"]["replicas"] = "two"
         with pytest.raises(AssertionError, match=r"spec\.replicas"):
             validate_strict(obj)
+
+    def test_cached_validator_agrees_with_kubernetes_validate(self) -> None:
+        good = _deployment(_pod_spec())
+        bad = copy.deepcopy(good)
+        bad["spec"]["template"]["spec"]["containers"][0]["bogus"] = 1
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(good, version, strict=True)
+            with pytest.raises(kubernetes_validate.ValidationError):
+                kubernetes_validate.validate(bad, version, strict=True)
+        validate_strict(good)
+        with pytest.raises(AssertionError):
+            validate_strict(bad)
 
     def test_unknown_kind_is_an_error(self) -> None:
         with pytest.raises(AssertionError):

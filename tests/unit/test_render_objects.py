@@ -153,7 +153,7 @@ class TestGpuDeployment:
 
     def test_shm_and_scratch(self) -> None:
         volumes = _volumes(self.pod)
-        assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1024Mi"}
+        assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Gi"}
         mounts = _mounts(self.container)
         assert mounts["/dev/shm"]["name"] == "shm"
         assert mounts["/tmp"]["name"] == "tmp" and "emptyDir" in volumes["tmp"]

@@ -23,6 +23,6 @@ def parse_quantity(value: str) -> Decimal:
 
 
 def mebibytes(value: str) -> str:
-    """A quantity rounded down to whole Mi (at least 1Mi), e.g. ``"1536Mi"``."""
-    mib = int(parse_quantity(value) // (2**20))
-    return f"{max(mib, 1)}Mi"
+    """A quantity rounded down to whole Mi (at least 1Mi), e.g. ``"1536Mi"``; whole Gi as ``"2Gi"``."""
+    mib = max(int(parse_quantity(value) // (2**20)), 1)
+    return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
