@@ -1,0 +1,104 @@
+"""``modelservice run``: the operator process (kopf), cluster-wide or for listed namespaces.
+
+Operator-wide settings come from the environment (the Helm chart sets them):
+
+MODELSERVICE_CONVERTER_IMAGE, MODELSERVICE_CONVERTER_IMAGE_PULL_POLICY, MODELSERVICE_CLUSTER_DOMAIN,
+MODELSERVICE_FQDN_ENDPOINTS (true/false), MODELSERVICE_RESYNC_SECONDS (default 600; 0 turns the periodic
+resync off), MODELSERVICE_WORKERS (concurrent reconciles, default 16).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+
+from modelservice import metrics
+from modelservice.api.errors import UserError
+from modelservice.controller.handlers import Runtime, build_registry
+from modelservice.render import OperatorConfig
+
+logger = logging.getLogger(__name__)
+
+
+def config_from_env(env: Mapping[str, str]) -> OperatorConfig:
+    """OperatorConfig with the MODELSERVICE_* variables applied."""
+    default = OperatorConfig()
+    changes: dict[str, Any] = {}
+    if env.get("MODELSERVICE_CONVERTER_IMAGE"):
+        changes["converter_image"] = env["MODELSERVICE_CONVERTER_IMAGE"]
+    if env.get("MODELSERVICE_CONVERTER_IMAGE_PULL_POLICY"):
+        changes["converter_image_pull_policy"] = env["MODELSERVICE_CONVERTER_IMAGE_PULL_POLICY"]
+    if env.get("MODELSERVICE_CLUSTER_DOMAIN"):
+        changes["cluster_domain"] = env["MODELSERVICE_CLUSTER_DOMAIN"]
+    if env.get("MODELSERVICE_FQDN_ENDPOINTS"):
+        changes["fqdn_endpoints"] = env["MODELSERVICE_FQDN_ENDPOINTS"].lower() in ("1", "true", "yes")
+    return dataclasses.replace(default, **changes)
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UserError(f"{name}: {raw!r} is not a number") from None
+    if value < 0:
+        raise UserError(f"{name}: must not be negative")
+    return value
+
+
+def runtime_from_env(
+    env: Mapping[str, str], tweak_settings: Callable[[kopf.OperatorSettings], None] | None = None
+) -> Runtime:
+    return Runtime(
+        config=config_from_env(env),
+        resync_seconds=_number(env, "MODELSERVICE_RESYNC_SECONDS", 600.0),
+        workers=max(1, int(_number(env, "MODELSERVICE_WORKERS", 16))),
+        tweak_settings=tweak_settings,
+    )
+
+
+async def operate(
+    runtime: Runtime,
+    namespaces: list[str],
+    *,
+    health_port: int = 0,
+    peering: str | None = None,
+    priority: int = 0,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
+) -> None:
+    """Run the operator until ``stop_flag`` is set (or a signal stops it, when run in the main thread)."""
+    await kopf.operator(
+        registry=build_registry(runtime),
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=peering is None,
+        peering_name=peering,
+        priority=priority,
+        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        memo=kopf.Memo(),
+    )
+
+
+def run_operator(
+    namespaces: list[str], metrics_port: int, health_port: int, peering: str | None, priority: int, verbose: bool
+) -> int:
+    """The ``modelservice run`` command: blocks until SIGINT/SIGTERM; returns the exit code."""
+    kopf.configure(verbose=verbose, log_prefix=True)
+    runtime = runtime_from_env(os.environ)
+    metrics.serve(metrics_port)
+    scope = ", ".join(namespaces) if namespaces else "all namespaces"
+    logger.info("ModelService operator: watching %s; metrics on :%s, health on :%s", scope, metrics_port, health_port)
+    asyncio.run(operate(runtime, namespaces, health_port=health_port, peering=peering, priority=priority))
+    return 0

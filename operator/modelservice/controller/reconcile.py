@@ -1,0 +1,140 @@
+"""One reconcile of one ModelService: parse, observe, render, apply, compute the status, write it if it changed.
+
+Level-triggered and idempotent: it reads everything from the watch cache, so a reconcile with nothing to do sends
+no request. Outcomes for the queue: ``Done()``; ``Done(stalled=True)`` for problems only a change can fix (an
+invalid spec, a failed conversion, a foreign object in the way), never retried in a loop; ``Retry`` for API errors
+(409, 429, 5xx, dropped connections), retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelservice.api.errors import SpecError
+from modelservice.api.loader import parse
+from modelservice.api.models import ModelService
+from modelservice.controller import apply, observe
+from modelservice.controller.cache import Cache
+from modelservice.controller.client import ApiError, KubeClient
+from modelservice.controller.queue import Done, Key, Outcome, Retry
+from modelservice.controller.status import StatusInputs, compute_status, phase_event, status_patch
+from modelservice.metrics import PhaseTracker
+from modelservice.render import (
+    HASH_LABEL,
+    OperatorConfig,
+    children,
+    conversion_hash,
+    endpoints,
+    job_name,
+    obsolete_children,
+    plan,
+    selector_string,
+    service_name,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass
+class Reconciler:
+    client: KubeClient
+    cache: Cache
+    config: OperatorConfig
+    phases: PhaseTracker = field(default_factory=PhaseTracker)
+    clock: Callable[[], datetime.datetime] = _utcnow
+
+    async def __call__(self, key: Key) -> Outcome:
+        body = self.cache.modelservice(key)
+        if body is None:
+            self.phases.set(key, None)
+            return Done()
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            return Done()  # children go with it (owner references); nothing to clean up
+        try:
+            return await self._reconcile(key, body)
+        except ApiError as exc:
+            if exc.retryable:
+                return Retry(str(exc))
+            logger.warning("%s/%s: %s", key[0], key[1], exc)
+            return Retry(str(exc), delay=60.0)  # 4xx other than 409/429: unexpected; slow retry
+
+    async def _reconcile(self, key: Key, body: dict[str, Any]) -> Outcome:
+        previous = dict(body.get("status") or {})
+        generation = int((body.get("metadata") or {}).get("generation") or 0)
+        now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            ms = parse(body, f"{key[0]}/{key[1]}")
+            observed = await observe.observe(self.client, self.cache, ms)
+            wanted = children(ms, observed, self.config)
+        except SpecError as exc:
+            inputs = StatusInputs(
+                generation=generation, now=now, previous=previous, problems=tuple(map(str, exc.problems))
+            )
+            await self._publish(key, body, compute_status(inputs))
+            return Done(stalled=True)
+
+        uid = str(ms.metadata.uid or "")
+        apply_error: str | None = None
+        try:
+            result = await apply.apply_children(self.client, self.cache, wanted, uid)
+            if result.created or result.patched:
+                logger.info("%s/%s: created %s patched %s", *key, result.created or "-", result.patched or "-")
+            await self._prune(key, ms, wanted, uid)
+        except apply.ChildConflict as exc:
+            apply_error = str(exc)
+
+        observed = await observe.observe(self.client, self.cache, ms)
+        decision = plan(ms, observed)
+        inputs = StatusInputs(
+            generation=generation,
+            now=now,
+            previous=previous,
+            plan=decision,
+            job_name=job_name(ms),
+            conversion=await observe.conversion_result(self.client, self.cache, ms, previous),
+            deployment=observed.deployment,
+            selector=selector_string(ms),
+            endpoints=self._endpoints(ms),
+            apply_error=apply_error,
+        )
+        status = compute_status(inputs)
+        await self._publish(key, body, status)
+        stalled = apply_error is not None or decision.conversion_failed
+        return Done(stalled=stalled)
+
+    def _endpoints(self, ms: ModelService) -> dict[str, str] | None:
+        service = observe.cached_child(self.cache, ms, "Service", service_name(ms))
+        if service is None:
+            return None
+        return endpoints(ms, self.config, service).to_api()
+
+    async def _prune(self, key: Key, ms: ModelService, wanted: list[dict[str, Any]], uid: str) -> None:
+        """Delete children the spec no longer asks for; the current hash's Job and ConfigMap stay (its logs)."""
+        current = conversion_hash(ms)
+        existing = list(self.cache.children(key))
+        for obj in obsolete_children(ms, wanted, existing):
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            if labels.get(HASH_LABEL) == current:
+                continue
+            await apply.delete_child(self.client, self.cache, obj)
+            logger.info("%s/%s: deleted %s/%s", *key, obj.get("kind"), (obj.get("metadata") or {}).get("name"))
+
+    async def _publish(self, key: Key, body: dict[str, Any], status: dict[str, Any]) -> None:
+        """Write the status when it changed; post an Event when the phase changed."""
+        previous = dict(body.get("status") or {})
+        self.phases.set(key, status.get("phase"))
+        patch = status_patch(previous, status)
+        if patch is None:
+            return
+        await apply.write_status(self.client, self.cache, key[0], key[1], patch)
+        transition = phase_event(previous, status)
+        if transition is not None:
+            await apply.post_event(self.client, body, *transition, now=self.clock())

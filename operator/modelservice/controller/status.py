@@ -1,0 +1,266 @@
+"""The status of a ModelService as ONE pure function of what the operator observed.
+
+``compute_status(StatusInputs) -> dict`` returns the whole ``status`` (camelCase, as stored). It never talks to
+the API and never reads the clock: the caller passes ``now``. Conditions follow kstatus: ``Ready`` (the current
+generation is fully served), ``Converted``, ``Available``, and ``Reconciling``/``Stalled``, which are True only
+while something is in progress or stuck. ``lastTransitionTime`` changes only when a condition's status changes,
+so an unchanged situation gives an identical status (and the caller writes nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelservice.render.plan import Plan
+
+TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
+CONDITION_TYPES = ("Ready", "Converted", "Available", "Reconciling", "Stalled")
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What a finished conversion Job reported (its pod's termination message)."""
+
+    job: str
+    succeeded: bool
+    message: str = ""
+    artifact: dict[str, Any] | None = None
+    verification: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """The parts of a Deployment the status depends on."""
+
+    spec_replicas: int
+    generation: int
+    observed_generation: int
+    replicas: int
+    updated_replicas: int
+    ready_replicas: int
+    available_replicas: int
+    progress_deadline_exceeded: bool
+
+    @classmethod
+    def of(cls, deployment: dict[str, Any]) -> DeploymentView:
+        spec = deployment.get("spec") or {}
+        status = deployment.get("status") or {}
+        meta = deployment.get("metadata") or {}
+        progressing = [c for c in status.get("conditions") or [] if c.get("type") == "Progressing"]
+        exceeded = any(c.get("reason") == "ProgressDeadlineExceeded" and c.get("status") == FALSE for c in progressing)
+        return cls(
+            spec_replicas=int(spec.get("replicas", 1)),
+            generation=int(meta.get("generation") or 0),
+            observed_generation=int(status.get("observedGeneration") or 0),
+            replicas=int(status.get("replicas") or 0),
+            updated_replicas=int(status.get("updatedReplicas") or status.get("replicas") or 0),
+            ready_replicas=int(status.get("readyReplicas") or 0),
+            available_replicas=int(status.get("availableReplicas") or status.get("readyReplicas") or 0),
+            progress_deadline_exceeded=exceeded,
+        )
+
+    @property
+    def rolled_out(self) -> bool:
+        """The Deployment controller saw the latest template and every replica runs it."""
+        return self.observed_generation >= self.generation and self.updated_replicas >= self.spec_replicas
+
+    @property
+    def available(self) -> bool:
+        return self.spec_replicas == 0 or self.ready_replicas >= self.spec_replicas
+
+
+@dataclass(frozen=True)
+class StatusInputs:
+    """Everything ``compute_status`` looks at.
+
+    problems:     spec problems only the operator can judge (``spec.x.y: message``); non-empty = invalid spec.
+    plan:         render's plan (None when the spec is invalid).
+    conversion:   the result of the current hash's conversion Job, when it finished and reported.
+    served:       the conversion result of the hash the Deployment serves (carried from the previous status).
+    apply_error:  a child the operator cannot create or take over (e.g. a foreign object with its name).
+    """
+
+    generation: int
+    now: str
+    previous: dict[str, Any] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+    plan: Plan | None = None
+    job_name: str | None = None
+    conversion: ConversionResult | None = None
+    deployment: dict[str, Any] | None = None
+    selector: str | None = None
+    endpoints: dict[str, str] | None = None
+    apply_error: str | None = None
+
+
+def _condition(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": message}
+
+
+def _available_condition(dep: DeploymentView | None) -> dict[str, Any]:
+    if dep is None:
+        return _condition("Available", FALSE, "NoDeployment", "Triton is not deployed yet")
+    if dep.spec_replicas == 0:
+        return _condition("Available", TRUE, "ScaledToZero", "scaled to 0 replicas")
+    if dep.ready_replicas >= dep.spec_replicas:
+        return _condition("Available", TRUE, "MinimumReplicasAvailable", f"{dep.ready_replicas} ready")
+    if dep.ready_replicas > 0:
+        return _condition(
+            "Available", TRUE, "ReplicasUnavailable", f"{dep.ready_replicas}/{dep.spec_replicas} replicas ready"
+        )
+    return _condition("Available", FALSE, "NoReplicasReady", f"0/{dep.spec_replicas} replicas ready")
+
+
+def _converted_condition(inputs: StatusInputs, plan: Plan) -> dict[str, Any]:
+    if plan.conversion_failed:
+        detail = inputs.conversion.message if inputs.conversion and inputs.conversion.message else "see the Job's logs"
+        return _condition("Converted", FALSE, "ConversionFailed", f"Job {inputs.job_name} failed: {detail}")
+    if plan.converting:
+        return _condition("Converted", FALSE, "Converting", f"Job {inputs.job_name} is converting the model")
+    verification = _served_verification(inputs)
+    if verification is not None and verification.get("passed") is True:
+        return _condition("Converted", TRUE, "Verified", "converted and verified against the original")
+    return _condition("Converted", TRUE, "Converted", "the model repository for this spec is ready")
+
+
+def _served_verification(inputs: StatusInputs) -> dict[str, Any] | None:
+    if inputs.conversion is not None and inputs.conversion.succeeded:
+        return inputs.conversion.verification
+    previous = inputs.previous.get("verification")
+    return previous if isinstance(previous, dict) else None
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    phase: str
+    ready: tuple[str, str, str]  # status, reason, message
+    reconciling: tuple[str, str, str]
+    stalled: tuple[str, str, str]
+
+
+def _verdict(inputs: StatusInputs, plan: Plan, converted: dict[str, Any], dep: DeploymentView | None) -> _Verdict:
+    """Phase and the Ready/Reconciling/Stalled conditions, first matching situation wins."""
+    ok = (FALSE, "NotStalled", "")
+    if inputs.apply_error:
+        stuck = (TRUE, "ChildConflict", inputs.apply_error)
+        return _Verdict("Failed", (FALSE, "ChildConflict", inputs.apply_error), (FALSE, "Stalled", ""), stuck)
+    if plan.conversion_failed:
+        message = converted["message"]
+        serving = dep is not None and dep.ready_replicas > 0
+        return _Verdict(
+            "Degraded" if serving else "Failed",
+            (FALSE, "ConversionFailed", message),
+            (FALSE, "Stalled", ""),
+            (TRUE, "ConversionFailed", message),
+        )
+    if plan.converting:
+        message = converted["message"]
+        return _Verdict("Converting", (FALSE, "Converting", message), (TRUE, "Converting", message), ok)
+    if dep is None or plan.deploy_hash is None:
+        message = "creating the Triton Deployment"
+        return _Verdict("Deploying", (FALSE, "Deploying", message), (TRUE, "Deploying", message), ok)
+    if dep.progress_deadline_exceeded:
+        message = "the Deployment exceeded its progress deadline"
+        return _Verdict(
+            "Degraded" if dep.ready_replicas > 0 else "Failed",
+            (FALSE, "ProgressDeadlineExceeded", message),
+            (FALSE, "Stalled", ""),
+            (TRUE, "ProgressDeadlineExceeded", message),
+        )
+    if not dep.rolled_out:
+        message = f"rolling out: {dep.updated_replicas}/{dep.spec_replicas} replicas updated"
+        return _Verdict("Deploying", (FALSE, "RollingOut", message), (TRUE, "RollingOut", message), ok)
+    ready_message = f"{dep.ready_replicas}/{dep.spec_replicas} replicas ready"
+    if dep.available:
+        return _Verdict("Ready", (TRUE, "Available", ready_message), (FALSE, "Reconciled", ""), ok)
+    if dep.ready_replicas > 0:
+        return _Verdict("Degraded", (FALSE, "ReplicasUnavailable", ready_message), (FALSE, "Reconciled", ""), ok)
+    return _Verdict(
+        "Deploying", (FALSE, "WaitingForReplicas", ready_message), (TRUE, "WaitingForReplicas", ready_message), ok
+    )
+
+
+def _phase_and_conditions(inputs: StatusInputs) -> tuple[str, list[dict[str, Any]]]:
+    dep = DeploymentView.of(inputs.deployment) if inputs.deployment is not None else None
+    available = _available_condition(dep)
+    if inputs.problems:
+        message = "; ".join(inputs.problems)
+        return "Failed", [
+            _condition("Ready", FALSE, "InvalidSpec", message),
+            _condition("Converted", UNKNOWN, "InvalidSpec", message),
+            available,
+            _condition("Reconciling", FALSE, "InvalidSpec"),
+            _condition("Stalled", TRUE, "InvalidSpec", message),
+        ]
+    assert inputs.plan is not None, "a valid spec comes with a plan"
+    converted = _converted_condition(inputs, inputs.plan)
+    verdict = _verdict(inputs, inputs.plan, converted, dep)
+    return verdict.phase, [
+        _condition("Ready", *verdict.ready),
+        converted,
+        available,
+        _condition("Reconciling", *verdict.reconciling),
+        _condition("Stalled", *verdict.stalled),
+    ]
+
+
+def _stamp(conditions: list[dict[str, Any]], previous: list[dict[str, Any]], now: str, generation: int) -> None:
+    """Set observedGeneration, and lastTransitionTime: kept from ``previous`` while the status is unchanged."""
+    before = {c.get("type"): c for c in previous}
+    for condition in conditions:
+        old = before.get(condition["type"])
+        if old is not None and old.get("status") == condition["status"] and old.get("lastTransitionTime"):
+            condition["lastTransitionTime"] = old["lastTransitionTime"]
+        else:
+            condition["lastTransitionTime"] = now
+        condition["observedGeneration"] = generation
+
+
+def compute_status(inputs: StatusInputs) -> dict[str, Any]:
+    """The complete new ``status`` of a ModelService (camelCase), from what was observed."""
+    phase, conditions = _phase_and_conditions(inputs)
+    _stamp(conditions, list(inputs.previous.get("conditions") or []), inputs.now, inputs.generation)
+    status: dict[str, Any] = {"phase": phase, "observedGeneration": inputs.generation, "conditions": conditions}
+    dep = DeploymentView.of(inputs.deployment) if inputs.deployment is not None else None
+    status["replicas"] = dep.replicas if dep else 0
+    status["readyReplicas"] = dep.ready_replicas if dep else 0
+    if inputs.selector:
+        status["selector"] = inputs.selector
+    if inputs.endpoints:
+        status["endpoints"] = dict(inputs.endpoints)
+    result = inputs.conversion
+    if result is not None and result.succeeded:
+        if result.artifact:
+            status["artifact"] = dict(result.artifact)
+        if result.verification:
+            status["verification"] = dict(result.verification)
+        status["conversionJob"] = result.job
+    else:
+        # Keep what the served model was converted with until a new conversion succeeds.
+        for key in ("artifact", "verification", "conversionJob"):
+            if key in inputs.previous:
+                status[key] = inputs.previous[key]
+    return status
+
+
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
+    """A JSON merge patch turning ``old`` status into ``new`` (None when they are equal)."""
+    if old == new:
+        return None
+    patch: dict[str, Any] = dict(new)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+def phase_event(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Event for a phase transition, or None when the phase is unchanged."""
+    if old.get("phase") == new.get("phase"):
+        return None
+    phase = str(new.get("phase"))
+    ready: dict[str, Any] = next((c for c in new.get("conditions") or [] if c.get("type") == "Ready"), {})
+    message = str(ready.get("message") or f"phase {phase}")
+    kind = "Warning" if phase in ("Failed", "Degraded") else "Normal"
+    return kind, phase, message

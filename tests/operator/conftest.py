@@ -1,0 +1,126 @@
+"""Fixtures: the API emulator on a loopback port, a kubeconfig pointing at it, and the real kopf operator
+(``modelservice.controller.main.operate``) running in the test's event loop, cluster-wide."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+from kmock import ResourceInfo, Server, resource
+
+from modelservice import GROUP, PLURAL, VERSION
+from modelservice.controller.handlers import Runtime
+from modelservice.controller.main import operate
+from modelservice.render import OperatorConfig
+from emulator import ApiServerEmulator
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "crds" / "modelservice.dev_modelservices.yaml"
+CRD_RESOURCE = resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+NAMESPACE = "ml"
+
+
+def declare(emulator: ApiServerEmulator) -> None:
+    """Built-in kinds (KMock's bundled discovery data), the ModelService CRD and Gateway API's HTTPRoute."""
+    emulator.resources.load_bundled()
+    emulator.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = ResourceInfo(
+        namespaced=True,
+        kind="ModelService",
+        singular="modelservice",
+        shortnames={"msvc"},
+        categories={"ml"},
+        subresources={"status", "scale"},
+        verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+    )
+    emulator.resources["gateway.networking.k8s.io/v1/httproutes"] = ResourceInfo(
+        namespaced=True, kind="HTTPRoute", singular="httproute", verbs={"get", "list", "watch", "create", "patch"}
+    )
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    emulator.objects[CRD_RESOURCE, None, crd["metadata"]["name"]] = crd
+    emulator.objects[resource("", "v1", "namespaces"), None, NAMESPACE] = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": NAMESPACE},
+    }
+
+
+@pytest.fixture()
+async def emulator() -> AsyncIterator[ApiServerEmulator]:
+    async with ApiServerEmulator() as handler, Server(handler):
+        declare(handler)
+        yield handler
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "users": [{"name": "tester", "user": {"token": "emulator-token"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
+        "current-context": "emulator",
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture()
+def kubeconfig(tmp_path: Path, emulator: ApiServerEmulator, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = write_kubeconfig(tmp_path / "kubeconfig", str(emulator.url).rstrip("/"))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    return path
+
+
+def fast_settings(settings: kopf.OperatorSettings) -> None:
+    """Short timeouts so a test's operator starts and stops in well under a second."""
+    settings.queueing.idle_timeout = 0.5
+    settings.queueing.exit_timeout = 0.5
+    settings.watching.connect_timeout = 2
+    settings.networking.error_backoffs = (0.1, 0.2, 0.5)
+
+
+OperatorFactory = Callable[..., Any]
+
+
+@pytest.fixture()
+async def start_operator(emulator: ApiServerEmulator, kubeconfig: Path) -> AsyncIterator[Callable[..., Any]]:
+    """``await start_operator(**runtime_overrides)`` runs the operator until the test ends.
+
+    The operator runs in its own thread and event loop (as ``kopf.testing.KopfRunner`` does): kopf cancels every
+    task it did not start when it exits, so it must not share the loop of the test and the emulator."""
+    running: list[tuple[threading.Event, threading.Thread]] = []
+
+    async def start(**overrides: Any) -> Runtime:
+        runtime = Runtime(
+            config=OperatorConfig(converter_image="example.com/modelservice/converter:test"),
+            resync_seconds=overrides.pop("resync_seconds", 0),
+            workers=overrides.pop("workers", 4),
+            tweak_settings=fast_settings,
+        )
+        stop, ready = threading.Event(), threading.Event()
+        namespaces = overrides.pop("namespaces", [])
+
+        def main() -> None:
+            asyncio.run(operate(runtime, namespaces, stop_flag=stop, ready_flag=ready))
+
+        thread = threading.Thread(target=main, name="operator", daemon=True)
+        thread.start()
+        running.append((stop, thread))
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, ready.wait, 15), "the operator did not start within 15 s"
+        return runtime
+
+    yield start
+    loop = asyncio.get_running_loop()
+    for stop, _ in running:
+        stop.set()
+    for _, thread in running:
+        await loop.run_in_executor(None, thread.join, 15)
+        assert not thread.is_alive(), "the operator did not stop within 15 s"
