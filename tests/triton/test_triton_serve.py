@@ -1,0 +1,191 @@
+"""``modelservice serve`` end to end in a subprocess: converts, starts a real Triton, serves, and stops cleanly
+on SIGTERM with no process left behind; a busy port is a one-line error."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from conftest import MODELS, torch_logits, write_digits_modelservice
+
+from modelservice.serve.triton import free_port
+
+pytestmark = pytest.mark.triton
+
+READY_LINE = "Press Ctrl-C"
+
+
+def _descendants(root: int) -> set[int]:
+    """Pids whose parent chain reaches ``root`` (read from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # the command may contain spaces and parentheses: fields follow the last ')'
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        children = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= children
+        frontier = children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Lines:
+    """Collects a process's stdout lines on a thread, so reads can time out."""
+
+    def __init__(self, stream: Iterator[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: Iterator[str]) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def until(self, marker: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+            if marker in line:
+                return "".join(self.lines)
+        raise AssertionError(f"{marker!r} not seen; output so far:\n{''.join(self.lines)}")
+
+    def rest(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+        return "".join(self.lines)
+
+
+def test_serve_starts_serves_and_stops_cleanly(
+    tmp_path: Path, cache_dir: Path, test_split: tuple[np.ndarray, np.ndarray]
+) -> None:
+    model = MODELS[0]
+    item = write_digits_modelservice(tmp_path / "project", model)
+    ports = [free_port(), free_port(), free_port()]
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    stderr = (tmp_path / "serve.stderr").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelservice.cli", "serve", "-f", str(item.path), "--cache-dir", str(cache_dir)]
+        + ["--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    out = Lines(process.stdout)
+    try:
+        printed = out.until(READY_LINE, timeout=240)
+        # endpoints and examples are printed
+        assert f"HTTP     http://127.0.0.1:{ports[0]}" in printed
+        assert f"gRPC     127.0.0.1:{ports[1]}" in printed
+        assert f"metrics  http://127.0.0.1:{ports[2]}/metrics" in printed
+        assert f"modelservice infer --url 127.0.0.1:{ports[0]} -m {model.name}" in printed
+        curl = re.search(r"^\s*(curl -s .*)$", printed, re.M)
+        assert curl is not None, printed
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/health/ready", timeout=5) as response:
+            assert response.status == 200
+        x = test_split[0][:5]
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{ports[0]}")
+        item_in = httpclient.InferInput("image", list(x.shape), "FP32")
+        item_in.set_data_from_numpy(x)
+        logits = client.infer(model.name, [item_in]).as_numpy("logits")
+        np.testing.assert_allclose(logits, torch_logits(model.kind, x), atol=1e-4, rtol=0)
+        # the printed curl example works as printed
+        answer = json.loads(
+            subprocess.run(curl.group(1), shell=True, capture_output=True, text=True, check=True).stdout
+        )
+        assert answer["outputs"][0]["name"] == "logits" and len(answer["outputs"][0]["data"]) == 10
+
+        children = _descendants(process.pid)
+        commands = [_command(pid) for pid in children]
+        assert any("tritonserver" in c for c in commands), commands
+        assert any("triton_python_backend_stub" in c for c in commands), commands
+        workdirs = list(temp.glob("modelservice-serve-*"))
+        assert len(workdirs) == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    rest = out.rest(timeout=5)
+    assert code == 0, rest + (tmp_path / "serve.stderr").read_text()
+    assert rest.rstrip().endswith("stopped")
+    survivors = {pid: _command(pid) for pid in children if _alive(pid)}
+    assert survivors == {}
+    assert not _alive(process.pid)
+    with socket.socket() as sock:  # the HTTP port is free again
+        sock.bind(("127.0.0.1", ports[0]))
+    assert list(temp.glob("modelservice-serve-*")) == []  # the temporary workdir is removed
+
+
+def test_serve_with_a_busy_port_is_a_one_line_error(tmp_path: Path) -> None:
+    item = write_digits_modelservice(tmp_path / "project", MODELS[1])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "modelservice.cli", "serve", "-f", str(item.path), "--http-port", str(busy)]
+            + ["--grpc-port", str(free_port()), "--metrics-port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: port {busy} on 127.0.0.1 is already in use (--http-port); choose another"
