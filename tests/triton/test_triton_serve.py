@@ -27,6 +27,11 @@ from modelservice.serve.triton import free_port
 pytestmark = pytest.mark.triton
 
 READY_LINE = "Press Ctrl-C"
+SERVE = [sys.executable, "-m", "modelservice.cli", "serve"]
+
+
+def _port_args(http: int, grpc: int, metrics: int) -> list[str]:
+    return ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
 
 
 def _descendants(root: int) -> set[int]:
@@ -116,8 +121,7 @@ def test_serve_starts_serves_and_stops_cleanly(
     env = {**os.environ, "TMPDIR": str(temp)}
     stderr = (tmp_path / "serve.stderr").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "modelservice.cli", "serve", "-f", str(item.path), "--cache-dir", str(cache_dir)]
-        + ["--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+        [*SERVE, "-f", str(item.path), "--cache-dir", str(cache_dir), *_port_args(*ports)],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
@@ -180,8 +184,7 @@ def test_serve_with_a_busy_port_is_a_one_line_error(tmp_path: Path) -> None:
         sock.listen()
         busy = sock.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "modelservice.cli", "serve", "-f", str(item.path), "--http-port", str(busy)]
-            + ["--grpc-port", str(free_port()), "--metrics-port", str(free_port())],
+            [*SERVE, "-f", str(item.path), *_port_args(busy, free_port(), free_port())],
             capture_output=True,
             text=True,
             timeout=60,

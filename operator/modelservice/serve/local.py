@@ -131,11 +131,11 @@ def _model_inputs(repository: Path, models: list[RunnableModel]) -> dict[str, li
 
 def serve(item: LoadedModelService, options: ServeOptions) -> int:
     """Convert, start Triton, print endpoints, block until SIGINT/SIGTERM, stop everything; 0 on a clean stop."""
-    from modelservice.convert.pipeline import ConvertOptions, convert
-
     install = find_tritonserver()
     # Busy ports are reported before a long conversion; 0 picks a free port.
     ports = Ports.pick(options.http_port, options.grpc_port, options.metrics_port)
+    from modelservice.convert.pipeline import ConvertOptions, convert
+
     with _stop_on_signals(), _workdir(options.workdir) as workdir:
         try:
             converted = workdir / "converted"

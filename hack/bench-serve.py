@@ -1,0 +1,590 @@
+#!/usr/bin/env python3
+"""Serving benchmark: Triton with and without dynamic batching against the servers people write instead.
+
+For the digits CNN and a transformer encoder (examples/digits/model.py DigitsEncoderLarge: hidden 384, 4 layers),
+both converted to ONNX by ``modelservice.convert`` (same artifact everywhere), at each concurrency:
+
+  (a) Triton (this project's local serve path) with dynamic batching
+  (b) Triton without dynamic batching (same model, batch dimension kept)
+  (c) the naive server many tutorials show: Flask, model loaded per request, JSON
+  (d) what a user would write instead: FastAPI + uvicorn, ONNX Runtime session created once, JSON
+  (e) the limit: the same ONNX Runtime session called in-process at batch 1 and batch 32 (no server)
+
+Every request carries one sample. The load generator is one asyncio process (tritonclient.http.aio for Triton,
+aiohttp for Flask/FastAPI); its CPU time is reported as a share of the machine's cores, since on a small machine
+it competes with the server. Servers run as subprocesses bound to 127.0.0.1 on free ports and are stopped by pid.
+
+Usage: python hack/bench-serve.py [--duration 8] [--concurrency 1,8,32] [--models cnn,encoder]
+                                  [--systems a,b,c,d,e] [--precision fp32] [--json out.json] [--markdown out.md]
+Timings on a shared machine are noisy: each cell is one run of --duration seconds after a warm-up; say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # _digits: the example's architectures and ModelService writer
+import _digits  # noqa: E402  (before torch: keeps tests/triton from shadowing the name "triton")
+
+KINDS = {"cnn": "cnn", "encoder": "encoder-large"}  # bench name -> _digits kind
+SYSTEMS = {
+    "a": "Triton + dynamic batching",
+    "b": "Triton, no dynamic batching",
+    "c": "Flask, model loaded per request",
+    "d": "FastAPI/uvicorn, model loaded once",
+    "e": "in-process ONNX Runtime",
+}
+MAX_BATCH = 32
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class Cell:
+    model: str
+    system: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    throughput: float  # samples per second
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    loadgen_cores: float  # CPU seconds of the load generator per wall second (cores busy)
+    batch: int = 1
+    note: str = ""
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    cells: list[Cell] = field(default_factory=list)
+    goals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float, float]:
+    if not latencies:
+        return (float("nan"),) * 3
+    ms = np.array(latencies) * 1000.0
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99))
+
+
+# ---------------------------------------------------------------------------------------- the models
+
+
+def convert_models(kinds: list[str], workdir: Path, precision: str) -> dict[str, Path]:
+    """Convert each model with the project's pipeline; returns kind -> converted repository folder."""
+    from modelservice.api.loader import load_one
+
+    try:
+        from modelservice.convert.pipeline import ConvertOptions, convert
+    except ImportError:  # the convert pipeline is not in this checkout yet: plain torch.onnx.export
+        return export_models(kinds, workdir, precision)
+
+    out: dict[str, Path] = {}
+    for kind in kinds:
+        folder = workdir / kind
+        print(f"converting {kind} ({precision}) ...", file=sys.stderr, flush=True)
+        _digits.write_source(folder / "src", KINDS[kind], model=_seeded(KINDS[kind]))
+        yaml_path = _digits.write_modelservice(
+            folder / "modelservice.yaml",
+            name=f"bench-{kind}",
+            source="src",
+            kind=KINDS[kind],
+            precision=precision,
+            data_uri="src/test.npz",
+            serving={"maxBatchSize": MAX_BATCH},
+        )
+        convert(load_one(yaml_path), folder / "converted", ConvertOptions(cache_dir=workdir / "cache", progress=False))
+        out[kind] = folder / "converted"
+    return out
+
+
+def export_models(kinds: list[str], workdir: Path, precision: str) -> dict[str, Path]:
+    """Fallback without the pipeline: torch.onnx.export (+ ONNX Runtime dynamic int8) and our config builder."""
+    import torch
+
+    from modelservice.api.loader import load_one
+    from modelservice.convert.repository import build_model_config, write_config
+
+    out: dict[str, Path] = {}
+    for kind in kinds:
+        print(f"exporting {kind} ({precision}) with torch.onnx.export (no convert pipeline) ...", file=sys.stderr)
+        folder = workdir / kind
+        item = load_one(
+            _digits.write_modelservice(
+                folder / "modelservice.yaml", name=f"bench-{kind}", source="src", kind=KINDS[kind]
+            )
+        )
+        version = folder / "converted" / item.model.name / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        x = torch.zeros(2, 1, 8, 8)
+        torch.onnx.export(
+            _seeded(KINDS[kind]),
+            (x,),
+            str(version / "model.onnx"),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        if precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(version / "model.onnx", version / "model.int8.onnx", weight_type=QuantType.QInt8)
+            (version / "model.int8.onnx").replace(version / "model.onnx")
+        spec = item.model.spec.model
+        config = build_model_config(item.model, platform="onnx", inputs=spec.inputs, outputs=spec.outputs)
+        write_config(config, version.parent / "config.pbtxt")
+        out[kind] = folder / "converted"
+    return out
+
+
+def _seeded(kind: str) -> Any:
+    """The architecture with seeded weights: the CNN trains in seconds (real accuracy); the large encoder is
+    benchmarked untrained (throughput does not depend on the weights; training it takes minutes here)."""
+    import torch
+
+    if kind == "cnn":
+        return _digits.train(kind)
+    torch.manual_seed(0)
+    return _digits.build(kind).eval()
+
+
+def onnx_path(converted: Path) -> Path:
+    found = sorted(converted.glob("*/1/model.onnx"))
+    if not found:
+        raise SystemExit(f"{converted}: no */1/model.onnx (bench needs the onnx target)")
+    return found[0]
+
+
+def triton_repository(converted: dict[str, Path], out: Path, threads: int) -> dict[tuple[str, str], str]:
+    """A runnable repository with, per model, a batched (a) and an unbatched (b) twin; -> (kind, system) -> name."""
+    from modelservice.convert.repository import CONFIG_FILE, read_config, write_config
+    from modelservice.serve.pybackend import make_runnable
+    from modelservice.serve.triton import find_tritonserver
+
+    merged = out.parent / "converted-merged"
+    shutil.rmtree(merged, ignore_errors=True)
+    names: dict[tuple[str, str], str] = {}
+    for kind, folder in converted.items():
+        source = onnx_path(folder).parent.parent
+        for system, batching in (("a", True), ("b", False)):
+            name = f"{kind}-{'batched' if batching else 'unbatched'}"
+            shutil.copytree(source, merged / name)
+            config = read_config(merged / name / CONFIG_FILE)
+            config.name = name
+            config.max_batch_size = MAX_BATCH
+            config.ClearField("dynamic_batching")
+            if batching:
+                config.dynamic_batching.max_queue_delay_microseconds = 100
+            write_config(config, merged / name / CONFIG_FILE)
+            names[(kind, system)] = name
+    make_runnable(merged, out, find_tritonserver(), intra_op_threads=threads)
+    return names
+
+
+# ---------------------------------------------------------------------------------------- the servers
+
+FLASK_APP = """
+import sys
+import numpy as np
+import onnxruntime as ort
+from flask import Flask, jsonify, request
+
+MODEL, PORT = sys.argv[1], int(sys.argv[2])
+app = Flask(__name__)
+
+@app.get("/health")
+def health():
+    return "ok"
+
+@app.post("/predict")
+def predict():
+    session = ort.InferenceSession(MODEL, providers=["CPUExecutionProvider"])  # loaded per request
+    x = np.asarray(request.get_json()["image"], dtype=np.float32)
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+    return jsonify({"logits": logits.tolist()})
+
+app.run(host="127.0.0.1", port=PORT, threaded=True)
+"""
+
+FASTAPI_APP = """
+import sys
+import numpy as np
+import onnxruntime as ort
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+MODEL, PORT, THREADS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+options = ort.SessionOptions()
+options.intra_op_num_threads = THREADS
+session = ort.InferenceSession(MODEL, sess_options=options, providers=["CPUExecutionProvider"])  # loaded once
+INPUT = session.get_inputs()[0].name
+app = FastAPI()
+
+class Request(BaseModel):
+    image: list
+
+@app.get("/health")
+def health():
+    return "ok"
+
+@app.post("/predict")
+def predict(body: Request):
+    x = np.asarray(body.image, dtype=np.float32)
+    (logits,) = session.run(None, {INPUT: x})
+    return {"logits": logits.tolist()}
+
+uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning")
+"""
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_python_server(source: str, args: list[str], workdir: Path, name: str) -> Server:
+    from modelservice.serve.triton import free_port
+
+    port = free_port()
+    script = workdir / f"{name}.py"
+    script.write_text(textwrap.dedent(source))
+    log = (workdir / f"{name}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, str(script), args[0], str(port), *args[1:]], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{name} exited; see {workdir / (name + '.log')}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1):
+                return Server(process, url)
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"{name} not ready after 60s")
+
+
+# ------------------------------------------------------------------------------------- load generation
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def drive(
+    send: Callable[[], Awaitable[bool]], concurrency: int, duration: float, warmup: float
+) -> tuple[list[float], int, float, float]:
+    """``concurrency`` workers send back to back; returns (latencies, errors, seconds, load-generator cores)."""
+    latencies: list[float] = []
+    errors = 0
+    measuring = False
+    stop_at = time.monotonic() + warmup + duration
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.monotonic() < stop_at:
+            start = time.perf_counter()
+            ok = await send()
+            elapsed = time.perf_counter() - start
+            if measuring:
+                if ok:
+                    latencies.append(elapsed)
+                else:
+                    errors += 1
+
+    async def clock() -> tuple[float, float]:
+        nonlocal measuring
+        await asyncio.sleep(warmup)
+        measuring, wall0, cpu0 = True, time.monotonic(), cpu_seconds()
+        await asyncio.sleep(duration)
+        measuring = False
+        wall = time.monotonic() - wall0
+        return wall, (cpu_seconds() - cpu0) / wall
+
+    results = await asyncio.gather(clock(), *(worker() for _ in range(concurrency)))
+    wall, cores = results[0]
+    return latencies, errors, wall, cores
+
+
+async def bench_triton(url: str, model: str, x: np.ndarray, concurrency: int, duration: float, warmup: float) -> Any:
+    import tritonclient.http.aio as aioclient
+
+    client = aioclient.InferenceServerClient(url, conn_limit=max(concurrency, 8))
+    sample = x[:1]
+
+    async def send() -> bool:
+        item = aioclient.InferInput("image", [1, 1, 8, 8], "FP32")
+        item.set_data_from_numpy(sample)
+        try:
+            result = await client.infer(model, [item])
+            return result.as_numpy("logits") is not None
+        except Exception:  # counted as an error
+            return False
+
+    try:
+        return await drive(send, concurrency, duration, warmup)
+    finally:
+        await client.close()
+
+
+async def bench_json(url: str, x: np.ndarray, concurrency: int, duration: float, warmup: float) -> Any:
+    import aiohttp
+
+    body = json.dumps({"image": x[:1].tolist()})
+    connector = aiohttp.TCPConnector(limit=max(concurrency, 8))
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def send() -> bool:
+            try:
+                async with session.post(
+                    f"{url}/predict", data=body, headers={"Content-Type": "application/json"}
+                ) as response:
+                    payload = await response.json()
+                    return response.status == 200 and "logits" in payload
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        return await drive(send, concurrency, duration, warmup)
+
+
+def bench_in_process(model_file: Path, x: np.ndarray, batch: int, threads: int, duration: float) -> Cell:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model_file), sess_options=options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(np.resize(x, (batch, 1, 8, 8)))}
+    for _ in range(5):
+        session.run(None, feed)
+    latencies: list[float] = []
+    start = time.monotonic()
+    while time.monotonic() - start < duration:
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        latencies.append(time.perf_counter() - t0)
+    seconds = time.monotonic() - start
+    p50, p95, p99 = percentiles(latencies)
+    return Cell("", "e", 1, len(latencies), 0, seconds, len(latencies) * batch / seconds, p50, p95, p99, 0.0, batch)
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+def make_cell(model: str, system: str, concurrency: int, result: Any) -> Cell:
+    latencies, errors, seconds, cores = result
+    p50, p95, p99 = percentiles(latencies)
+    return Cell(
+        model, system, concurrency, len(latencies), errors, seconds, len(latencies) / seconds, p50, p95, p99, cores
+    )
+
+
+def run(args: argparse.Namespace, workdir: Path) -> Report:
+    from modelservice.serve.triton import TritonProcess
+
+    kinds = args.models.split(",")
+    systems = args.systems.split(",")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    report = Report(
+        machine={
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "processor": platform.processor(),
+        },
+        settings={
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "precision": args.precision,
+            "threads": args.threads,
+            "max_batch_size": MAX_BATCH,
+            "max_queue_delay_us": 100,
+            "concurrency": levels,
+        },
+    )
+    x = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)
+    converted = convert_models(kinds, workdir, args.precision)
+
+    def add(cell: Cell) -> None:
+        report.cells.append(cell)
+        print(
+            f"{cell.model:8} {cell.system} c={cell.concurrency:<3} b={cell.batch:<3} {cell.throughput:9.1f}/s "
+            f"p50 {cell.p50_ms:8.2f} p95 {cell.p95_ms:8.2f} p99 {cell.p99_ms:8.2f} ms  "
+            f"loadgen {cell.loadgen_cores:.2f} cores  errors {cell.errors}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    if "e" in systems:
+        for kind in kinds:
+            for batch in (1, MAX_BATCH):
+                cell = bench_in_process(onnx_path(converted[kind]), x, batch, args.threads, args.duration)
+                cell.model = kind
+                add(cell)
+
+    if {"a", "b"} & set(systems):
+        names = triton_repository(converted, workdir / "repository", args.threads)
+        with TritonProcess(workdir / "repository", workdir / "triton.log", cache_dir=workdir / "cache") as triton:
+            for kind in kinds:
+                for system in ("a", "b"):
+                    if system not in systems:
+                        continue
+                    for level in levels:
+                        result = asyncio.run(
+                            bench_triton(triton.http_url, names[(kind, system)], x, level, args.duration, args.warmup)
+                        )
+                        add(make_cell(kind, system, level, result))
+
+    for system, source in (("d", FASTAPI_APP), ("c", FLASK_APP)):
+        if system not in systems:
+            continue
+        for kind in kinds:
+            extra = [str(args.threads)] if system == "d" else []
+            server = start_python_server(source, [str(onnx_path(converted[kind])), *extra], workdir, f"{system}-{kind}")
+            try:
+                for level in levels:
+                    result = asyncio.run(bench_json(server.url, x, level, args.duration, args.warmup))
+                    add(make_cell(kind, system, level, result))
+            finally:
+                server.stop()
+
+    report.goals = goals(report.cells)
+    return report
+
+
+def _find(cells: list[Cell], model: str, system: str, concurrency: int, batch: int = 1) -> Cell | None:
+    for cell in cells:
+        if (cell.model, cell.system, cell.concurrency, cell.batch) == (model, system, concurrency, batch):
+            return cell
+    return None
+
+
+def goals(cells: list[Cell]) -> list[dict[str, Any]]:
+    """The issue's goals on the transformer: c=32 (a) >= 85% of best (e) and (a) >= (d); c=1 p50 (a) - (b) <= 1 ms."""
+    found: list[dict[str, Any]] = []
+    a32, d32 = _find(cells, "encoder", "a", 32), _find(cells, "encoder", "d", 32)
+    e_best = max((c.throughput for c in cells if c.model == "encoder" and c.system == "e"), default=None)
+    if a32 and e_best:
+        found.append(
+            {
+                "goal": "encoder c=32: (a) >= 85% of best in-process (e)",
+                "value": f"{a32.throughput:.1f} / {e_best:.1f} = {a32.throughput / e_best:.0%}",
+                "met": a32.throughput >= 0.85 * e_best,
+            }
+        )
+    if a32 and d32:
+        found.append(
+            {
+                "goal": "encoder c=32: (a) >= (d)",
+                "value": f"{a32.throughput:.1f} vs {d32.throughput:.1f}",
+                "met": a32.throughput >= d32.throughput,
+            }
+        )
+    a1, b1 = _find(cells, "encoder", "a", 1), _find(cells, "encoder", "b", 1)
+    if a1 and b1:
+        found.append(
+            {
+                "goal": "encoder c=1: p50 (a) within 1 ms of (b)",
+                "value": f"{a1.p50_ms:.2f} ms vs {b1.p50_ms:.2f} ms",
+                "met": a1.p50_ms - b1.p50_ms <= 1.0,
+            }
+        )
+    return found
+
+
+def markdown(report: Report) -> str:
+    lines = [
+        f"Machine: {report.machine['cpus']} CPUs, {report.machine['platform']}; "
+        f"precision {report.settings['precision']}, "
+        f"{report.settings['threads']} ONNX Runtime intra-op threads, {report.settings['duration_s']} s per cell "
+        f"after {report.settings['warmup_s']} s warm-up; one run per cell on a shared machine (noisy).",
+        "",
+        "| model | system | concurrency | samples/s | p50 ms | p95 ms | p99 ms | load generator (cores) | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in report.cells:
+        system = f"({c.system}) {SYSTEMS[c.system]}" + (f", batch {c.batch}" if c.system == "e" else "")
+        level = "-" if c.system == "e" else str(c.concurrency)
+        cores = "-" if c.system == "e" else f"{c.loadgen_cores:.2f}"
+        lines.append(
+            f"| {c.model} | {system} | {level} | {c.throughput:.1f} | {c.p50_ms:.2f} | {c.p95_ms:.2f} | "
+            f"{c.p99_ms:.2f} | {cores} | {c.errors} |"
+        )
+    if report.goals:
+        lines += ["", "| goal | measured | met |", "| --- | --- | --- |"]
+        lines += [f"| {g['goal']} | {g['value']} | {'yes' if g['met'] else 'NO'} |" for g in report.goals]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each cell")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--models", default="cnn,encoder")
+    parser.add_argument("--systems", default="a,b,c,d,e")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the markdown table here")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep models, logs and repositories here")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        report = run(args, workdir)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    table = markdown(report)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
