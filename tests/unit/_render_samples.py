@@ -86,7 +86,14 @@ def gpu_body() -> dict[str, Any]:
                     }
                 },
             },
-            "storage": {"pvc": {"name": "model-repo", "size": "50Gi", "storageClassName": "fast"}},
+            "storage": {
+                "pvc": {
+                    "name": "model-repo",
+                    "size": "50Gi",
+                    "storageClassName": "fast",
+                    "accessModes": ["ReadWriteMany"],
+                }
+            },
             "exposure": {
                 "service": {"type": "LoadBalancer", "annotations": {"example.com/lb": "internal"}},
                 "httpRoute": {

@@ -229,6 +229,37 @@ class TestDeploymentVariants:
         assert "--model-repository=/models/repository" in _container(deployment)["args"]
 
 
+class TestPlacement:
+    """A ReadWriteOnce claim attaches to one node: replicas co-locate, the Job prefers their node."""
+
+    def test_single_node_claim_colocates(self) -> None:
+        ms = sample("cpu")  # default accessModes [ReadWriteOnce]
+        pod = build_deployment(ms, conversion_hash(ms))["spec"]["template"]["spec"]
+        assert "topologySpreadConstraints" not in pod
+        (term,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term == {"labelSelector": {"matchLabels": selector_labels(ms)}, "topologyKey": "kubernetes.io/hostname"}
+        job_pod = build_job(ms)["spec"]["template"]["spec"]
+        (preferred,) = job_pod["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert preferred["podAffinityTerm"] == term
+
+    def test_shared_claim_spreads(self) -> None:
+        ms = sample("gpu")  # ReadWriteMany
+        pod = build_deployment(ms, conversion_hash(ms))["spec"]["template"]["spec"]
+        assert "podAffinity" not in pod["affinity"] and pod["topologySpreadConstraints"]
+        assert "podAffinity" not in build_job(ms)["spec"]["template"]["spec"]["affinity"]
+
+    def test_user_affinity_kept(self) -> None:
+        anti = {"preferredDuringSchedulingIgnoredDuringExecution": []}
+        ms = modified(sample("cpu"), "serving.affinity", {"podAntiAffinity": anti})
+        affinity = build_deployment(ms, "0123456789")["spec"]["template"]["spec"]["affinity"]
+        assert affinity["podAntiAffinity"] == anti and "podAffinity" in affinity
+        assert "podAntiAffinity" not in (ms.spec.serving.affinity or {}).get("podAffinity", {})
+
+    def test_repository_on_pvc_spreads(self) -> None:
+        ms = sample("repo-pvc")
+        assert build_deployment(ms, conversion_hash(ms))["spec"]["template"]["spec"]["topologySpreadConstraints"]
+
+
 class TestJob:
     ms = sample("cpu")
     job = build_job(ms)

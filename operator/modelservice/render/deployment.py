@@ -19,6 +19,7 @@ from modelservice.render.names import (
     metadata,
     selector_labels,
 )
+from modelservice.render.placement import server_affinity, spread_constraints
 from modelservice.render.plan import DEFAULT_CONFIG, OperatorConfig
 from modelservice.render.quantity import mebibytes, parse_quantity
 from modelservice.render.security import container_security_context, pod_security_context
@@ -126,16 +127,10 @@ def _pod_spec(ms: ModelService, hash_: str, config: OperatorConfig) -> dict[str,
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size(ms)}},
             {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         ],
-        "topologySpreadConstraints": [
-            {
-                "maxSkew": 1,
-                "topologyKey": "kubernetes.io/hostname",
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": selector_labels(ms)},
-                "matchLabelKeys": ["pod-template-hash"],
-            }
-        ],
     }
+    spread = spread_constraints(ms)
+    if spread:
+        pod["topologySpreadConstraints"] = spread
     if delivery.init_containers:
         pod["initContainers"] = delivery.init_containers
     if serving.node_selector:
@@ -143,8 +138,9 @@ def _pod_spec(ms: ModelService, hash_: str, config: OperatorConfig) -> dict[str,
     tolerations = with_gpu_toleration(serving.tolerations) if serving.resources.gpu > 0 else serving.tolerations
     if tolerations:
         pod["tolerations"] = [dict(t) for t in tolerations]
-    if serving.affinity:
-        pod["affinity"] = serving.affinity
+    affinity = server_affinity(ms)
+    if affinity:
+        pod["affinity"] = affinity
     return pod
 
 

@@ -21,6 +21,7 @@ from modelservice.render.names import (
     repository_path,
     source_claims,
 )
+from modelservice.render.placement import converter_affinity
 from modelservice.render.plan import DEFAULT_CONFIG, OperatorConfig
 from modelservice.render.security import container_security_context, pod_security_context
 
@@ -120,13 +121,16 @@ def _pod_spec(ms: ModelService, config: OperatorConfig) -> dict[str, Any]:
         "containers": [_container(ms, config, mounts)],
         "volumes": volumes,
     }
-    if conversion_needs_gpu(ms):
+    base_affinity = None
+    if conversion_needs_gpu(ms):  # built on the kind of GPU that serves it: Triton's placement
         serving = ms.spec.serving
         pod["tolerations"] = with_gpu_toleration(serving.tolerations)
         if serving.node_selector:
             pod["nodeSelector"] = dict(serving.node_selector)
-        if serving.affinity:
-            pod["affinity"] = serving.affinity
+        base_affinity = serving.affinity
+    affinity = converter_affinity(ms, base_affinity)
+    if affinity:
+        pod["affinity"] = affinity
     return pod
 
 
