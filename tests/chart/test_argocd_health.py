@@ -40,7 +40,7 @@ def _status(
             "phase": phase,
             "observedGeneration": observed,
             "conditions": [
-                Condition(type=t, status=s, reason=r, message=m, observed_generation=cond_generation).to_api()  # type: ignore[arg-type]
+                Condition(type=t, status=s, reason=r, message=m, observed_generation=cond_generation).to_api()
                 for t, s, r, m in conditions
             ],
         }
