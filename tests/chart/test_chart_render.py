@@ -176,3 +176,33 @@ def test_notes_render_in_every_mode(chart: helm_python.Chart) -> None:
         "install the CRD yourself"
         in render(chart, {"crds": {"enabled": False}})["modelservice-operator/templates/NOTES.txt"][0]["notes"]
     )
+
+
+def _env(deployment: dict[str, Any]) -> dict[str, str]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def test_every_operator_setting_is_set_by_the_chart(chart: helm_python.Chart) -> None:
+    """Each MODELSERVICE_* variable the operator reads is set by the chart, and the operator parses the values."""
+    import inspect
+
+    from modelservice.controller import main
+
+    read = set(re.findall(r'"(MODELSERVICE_[A-Z_]+)"', inspect.getsource(main)))
+    assert len(read) >= 5
+    (deployment,) = by_kind(objects(chart, {}), "Deployment")
+    env = _env(deployment)
+    assert read <= set(env), f"not settable through the chart: {sorted(read - set(env))}"
+    runtime = main.runtime_from_env(env)
+    assert runtime.config.converter_image == "ghcr.io/modelservice/converter:0.1.0"
+    custom = {
+        "converter": {"image": {"repository": "registry.local/conv", "tag": "1.2.3-gpu", "pullPolicy": "Always"}},
+        "settings": {"clusterDomain": "corp.local", "fqdnEndpoints": True, "resyncSeconds": 0, "workers": 4},
+    }
+    (deployment,) = by_kind(objects(chart, custom), "Deployment")
+    runtime = main.runtime_from_env(_env(deployment))
+    assert runtime.config.converter_image == "registry.local/conv:1.2.3-gpu"
+    assert runtime.config.converter_image_pull_policy == "Always"
+    assert runtime.config.cluster_domain == "corp.local" and runtime.config.fqdn_endpoints is True
+    assert runtime.resync_seconds == 0 and runtime.workers == 4
