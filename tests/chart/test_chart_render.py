@@ -206,3 +206,31 @@ def test_every_operator_setting_is_set_by_the_chart(chart: helm_python.Chart) ->
     assert runtime.config.converter_image_pull_policy == "Always"
     assert runtime.config.cluster_domain == "corp.local" and runtime.config.fqdn_endpoints is True
     assert runtime.resync_seconds == 0 and runtime.workers == 4
+
+
+@pytest.mark.parametrize("case", list(VALUE_SETS))
+def test_operator_command_line_is_accepted_by_the_cli(chart: helm_python.Chart, case: str) -> None:
+    """The Deployment's command parses with the real `modelservice` argument parser, with the chart's ports."""
+    import inspect
+    import shlex
+
+    from modelservice import cli
+    from modelservice.controller import main
+
+    (deployment,) = by_kind(objects(chart, VALUE_SETS[case]), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    if container["command"] == ["modelservice"]:
+        argv = container["args"]
+    else:  # peering: a shell line computing a random priority
+        line = container["args"][0].replace("$(python -c 'import secrets; print(1 + secrets.randbelow(1000000))')", "7")
+        words = shlex.split(line)
+        assert words[:2] == ["exec", "modelservice"]
+        argv = words[2:]
+    args = cli.build_parser().parse_args(argv)
+    assert args.func is cli._cmd_run
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.metrics_port == ports["metrics"] and args.health_port == ports["health"]
+    assert (args.namespace or []) == VALUE_SETS[case].get("watchNamespaces", [])
+    assert (args.peering is not None) == VALUE_SETS[case].get("peering", {}).get("enabled", False)
+    # the probes ask kopf's liveness endpoint at the path the operator serves it on
+    assert f":{{health_port}}{container['livenessProbe']['httpGet']['path']}" in inspect.getsource(main)
