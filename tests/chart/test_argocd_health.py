@@ -120,3 +120,70 @@ def test_a_broken_script_would_be_caught() -> None:
     always_healthy = 'hs = {} hs.status = "Healthy" hs.message = "" return hs'
     stale = CASES[4][1]
     assert health(stale, always_healthy)[0] == "Healthy" != health(stale)[0]
+
+
+# ---------------------------------------------------------------- the operator's own statuses through the check
+
+
+def _operator_status(scenario: str, generation: int) -> dict[str, Any]:
+    """A status computed by the operator's pure status function (controller/status.py) for a real sample."""
+    from modelservice.api.loader import load_one
+    from modelservice.controller.status import ConversionResult, StatusInputs, compute_status
+    from modelservice.render.names import HASH_ANNOTATION, conversion_hash, job_name
+    from modelservice.render.plan import Observed, plan
+
+    ms = load_one(REPO / "manifests" / "samples" / "cpu-onnx-int8.yaml").model
+    desired = conversion_hash(ms)
+
+    def deployment(ready: int, updated: int = 2) -> dict[str, Any]:
+        return {
+            "metadata": {"generation": 1, "annotations": {HASH_ANNOTATION: desired}},
+            "spec": {"replicas": 2},
+            "status": {
+                "observedGeneration": 1,
+                "replicas": 2,
+                "updatedReplicas": updated,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+            },
+        }
+
+    now = "2026-01-01T00:00:00Z"
+    if scenario == "invalid":
+        return compute_status(StatusInputs(generation=generation, now=now, problems=("spec.model.uri: not found",)))
+    observed = {
+        "converting": Observed(conversion_job="running"),
+        "conversion-failed": Observed(conversion_job="failed"),
+        "rolling-out": Observed(deployment=deployment(ready=1, updated=1)),
+        "ready": Observed(deployment=deployment(ready=2)),
+    }[scenario]
+    conversion = ConversionResult(job=job_name(ms), succeeded=False, message="accuracy drop 0.04 > budget 0.01")
+    return compute_status(
+        StatusInputs(
+            generation=generation,
+            now=now,
+            plan=plan(ms, observed),
+            job_name=job_name(ms),
+            conversion=conversion if scenario == "conversion-failed" else None,
+            deployment=observed.deployment,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("scenario", "verdict"),
+    [
+        ("invalid", "Degraded"),
+        ("converting", "Progressing"),
+        ("conversion-failed", "Degraded"),
+        ("rolling-out", "Progressing"),
+        ("ready", "Healthy"),
+    ],
+)
+def test_verdicts_on_statuses_the_operator_computes(scenario: str, verdict: str) -> None:
+    status = _operator_status(scenario, generation=3)
+    obj = {"metadata": {"name": "digits-int8", "generation": 3}, "status": status}
+    assert health(obj)[0] == verdict, status
+    # the same status after the user edits the spec (generation 4, not yet observed): Progressing, whatever it was
+    obj["metadata"]["generation"] = 4
+    assert health(obj)[0] == "Progressing"
