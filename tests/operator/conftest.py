@@ -13,13 +13,13 @@ from typing import Any
 import kopf
 import pytest
 import yaml
+from emulator import ApiServerEmulator
 from kmock import ResourceInfo, Server, resource
 
 from modelservice import GROUP, PLURAL, VERSION
 from modelservice.controller.handlers import Runtime
 from modelservice.controller.main import operate
 from modelservice.render import OperatorConfig
-from emulator import ApiServerEmulator
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modelservice.dev_modelservices.yaml"

@@ -147,7 +147,11 @@ class ApiServerEmulator(KubernetesEmulator):
 
     def writes(self, since: int = 0) -> list[Request]:
         """Write requests (POST/PATCH/PUT/DELETE) recorded from request number ``since`` on."""
-        return [r for r in list(self.requests)[since:] if r.method.value in WRITE_METHODS]
+        return [r for r in self._requests[since:] if r.method.value in WRITE_METHODS]
+
+    @property
+    def request_count(self) -> int:
+        return len(self._requests)
 
     def get(self, res: Any, namespace: str | None, name: str) -> dict[str, Any] | None:
         key = (resource(res) if isinstance(res, str) else res, namespace, name)
