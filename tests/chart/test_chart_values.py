@@ -108,3 +108,11 @@ def test_helm_lint_catches_a_broken_chart(tmp_path: Any) -> None:
     template.write_text(template.read_text().replace("{{- end }}", "", 1))
     report = helm_python.lint(broken, {}, strict=True)
     assert report["errors"] or any(m["severity"] == 3 for m in report["messages"])
+
+
+def test_packaged_chart_renders_like_the_directory(chart: helm_python.Chart, tmp_path: Any) -> None:
+    """`helm package` keeps files/ (the CRD, the adapter rules): the archive renders the same objects."""
+    archive = helm_python.package(CHART_DIR, destination=tmp_path)
+    values = {"prometheusAdapter": {"rules": {"enabled": True}}}
+    with helm_python.Chart.load(archive) as packaged:
+        assert render(packaged, values) == render(chart, values)
