@@ -1,0 +1,177 @@
+"""Export torch models to ONNX (dynamic batch axis) or TorchScript; TensorRT prerequisites.
+
+ONNX exporter choice: the dynamo exporter (``torch.export`` + onnxscript, torch's default) is tried first. It
+constant-folds and inlines weights as initializers feeding MatMul/Gemm/Conv directly, which is what ONNX
+Runtime's quantizer needs; the TorchScript exporter leaves e.g. ``nn.TransformerEncoder`` weights behind
+in-graph transposes and fused paths that the quantizer never touches. The dynamo exporter emits opset 18 or
+newer, so a lower requested opset is raised to 18 (the report says so). When the dynamo exporter cannot
+capture a model (data-dependent control flow, a ScriptModule), the TorchScript exporter is used at the
+requested opset, and the report says that too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelservice.api.errors import UserError
+from modelservice.api.models import TensorSpec
+from modelservice.convert.load import LoadedModel
+from modelservice.convert.tensors import random_inputs
+
+DYNAMO_MIN_OPSET = 18
+
+
+@dataclass
+class ExportResult:
+    exporter: str
+    opset: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _example_args(inputs: list[TensorSpec]) -> tuple[Any, ...]:
+    import torch
+
+    arrays = random_inputs(inputs, 2, seed=1)
+    return tuple(torch.from_numpy(arrays[spec.name]) for spec in inputs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    ops = sorted(set(re.findall(r"aten[.:]+[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?", text)))
+    if ops and ("nsupported" in text or "not supported" in text or "No decomposition" in text):
+        return f"unsupported operator(s) {', '.join(ops[:4])}"
+    for line in text.splitlines():
+        if line.strip() and not line.startswith(("Traceback", "  ")):
+            return f"{type(exc).__name__}: {line.strip()[:300]}"
+    return type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """The exporters print progress and warnings to stdout/stderr; keep the CLI's output to our own lines."""
+    loggers = [
+        logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def export_onnx(model: LoadedModel, path: Path, opset: int) -> ExportResult:
+    """Write ``model`` (a torch model) to ``path`` as ONNX with a dynamic batch axis."""
+    import torch
+
+    args = _example_args(model.inputs)
+    input_names = [spec.name for spec in model.inputs]
+    output_names = [spec.name for spec in model.outputs]
+    dynamo_error: BaseException | None = None
+    if not isinstance(model.module, torch.jit.ScriptModule):
+        dynamo_opset = max(opset, DYNAMO_MIN_OPSET)
+        dims = tuple(
+            {
+                0: torch.export.Dim("batch"),
+                **{i + 1: torch.export.Dim.DYNAMIC for i, d in enumerate(s.shape) if d == -1},
+            }
+            for s in model.inputs
+        )
+        try:
+            with _quiet():
+                torch.onnx.export(
+                    model.module,
+                    args,
+                    str(path),
+                    dynamo=True,
+                    input_names=input_names,
+                    output_names=output_names,
+                    opset_version=dynamo_opset,
+                    dynamic_shapes=dims,
+                    optimize=True,
+                    external_data=False,
+                    verbose=False,
+                )
+            notes = [f"opset {dynamo_opset} (requested {opset}; the dynamo exporter's minimum is 18)"]
+            return ExportResult("dynamo", _model_opset(path), notes if dynamo_opset != opset else [])
+        except Exception as exc:
+            dynamo_error = exc
+    try:
+        with _quiet():
+            torch.onnx.export(
+                model.module,
+                args,
+                str(path),
+                dynamo=False,
+                input_names=input_names,
+                output_names=output_names,
+                opset_version=opset,
+                dynamic_axes={name: {0: "batch"} for name in input_names + output_names},
+                do_constant_folding=True,
+            )
+    except Exception as exc:
+        reason = _first_line(dynamo_error or exc)
+        raise UserError(f"conversion.target: the model cannot be exported to ONNX: {reason}") from None
+    notes = (
+        [f"dynamo exporter failed ({_first_line(dynamo_error)}); used the TorchScript exporter"] if dynamo_error else []
+    )
+    return ExportResult("torchscript", _model_opset(path), notes)
+
+
+def _model_opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def export_torchscript(model: LoadedModel, path: Path) -> ExportResult:
+    """Write a TorchScript archive (Triton's pytorch_libtorch): a TorchScript source is copied as is, other
+    torch models are traced on sample inputs."""
+    import torch
+
+    if model.format == "torchscript":
+        shutil.copyfile(model.file, path)
+        return ExportResult("copy", 0)
+    args = _example_args(model.inputs)
+    try:
+        with _quiet(), torch.inference_mode():
+            traced = torch.jit.trace(model.module, args, check_trace=False)  # type: ignore[no-untyped-call]
+        torch.jit.save(traced, str(path))
+    except Exception as exc:
+        raise UserError(f"conversion.target: the model cannot be traced to TorchScript: {_first_line(exc)}") from None
+    return ExportResult("torch.jit.trace", 0)
+
+
+def load_torchscript(path: Path) -> Any:
+    import torch
+
+    module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    module.eval()
+    return module
+
+
+def tensorrt_missing() -> list[str]:
+    """What this machine lacks to build a TensorRT plan (empty when it can)."""
+    import importlib.util
+
+    import torch
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("an NVIDIA GPU with CUDA (torch.cuda.is_available() is False)")
+    if importlib.util.find_spec("tensorrt") is None:
+        missing.append("the TensorRT Python package (pip install tensorrt)")
+    return missing

@@ -1,0 +1,258 @@
+"""``modelservice convert``: fetch, load, convert, quantize, verify; write a Triton repository and a report.
+
+Output: ``OUT/<name>/config.pbtxt``, ``OUT/<name>/1/model.onnx|model.pt``, ``OUT/report.json``. Everything is
+built in a temporary folder and renamed into place. The conversion hash covers the source digest, the
+data digests and every setting that changes the output (and the tool versions); a cache keyed on it makes a
+repeated conversion a no-op. The same inputs give byte-identical model files and config.pbtxt (``auto``
+picks by measured latency, so its choice can differ between machines; the cache pins it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelservice import __version__
+from modelservice.api.errors import UserError
+from modelservice.api.loader import LoadedModelService
+from modelservice.api.models import ModelService
+from modelservice.convert.digest import file_sha256
+from modelservice.convert.fetch import Fetched, fetch, fetch_file
+from modelservice.convert.load import LoadedModel, load_model, run_torch
+from modelservice.convert.output import REPORT, Cache, default_cache_dir, install
+from modelservice.convert.progress import Progress
+from modelservice.convert.report import Report, write_report
+from modelservice.convert.report import write_summary as _write_summary
+from modelservice.convert.tensors import Array
+from modelservice.convert.verify import VerifyData, load_npz, ort_runner, random_data, run_batched
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class ConvertOptions:
+    cache_dir: Path | None = None
+    progress: bool = True
+    use_cache: bool = True
+
+
+def write_summary(report: Report, path: Path) -> None:
+    """The compact JSON summary (the conversion Job writes it to /dev/termination-log)."""
+    _write_summary(report, path)
+
+
+@dataclass
+class _Context:
+    item: LoadedModelService
+    work: Path
+    staging: Path
+    progress: Progress
+    fetched: Fetched
+    data_path: Path | None
+    calibration_path: Path | None
+    timings: dict[str, float]
+
+    @property
+    def ms(self) -> ModelService:
+        return self.item.model
+
+
+def convert(item: LoadedModelService, out: Path, options: ConvertOptions) -> Report:
+    """Convert the ModelService in ``item`` into the Triton repository ``out`` (see module docs)."""
+    started = time.perf_counter()
+    ms = item.model
+    progress = Progress(options.progress)
+    with tempfile.TemporaryDirectory(prefix="modelservice-convert-") as tmp:
+        work = Path(tmp)
+        timings: dict[str, float] = {}
+        progress.step("fetch", ms.spec.model.uri)
+        t0 = time.perf_counter()
+        fetched = fetch(
+            ms.spec.model.uri, work / "source", sha256=ms.spec.model.sha256, base_dir=item.base_dir, progress=progress
+        )
+        data_path, calibration_path = _data_files(item, work, progress)
+        timings["fetchSeconds"] = time.perf_counter() - t0
+        key = conversion_hash(ms, fetched.sha256, data_path, calibration_path)
+        cache = Cache(options.cache_dir or default_cache_dir())
+        hit = cache.lookup(key) if options.use_cache else None
+        if hit is not None:
+            progress.step("cache", f"hit {key[:16]}: reusing the verified conversion")
+            data = json.loads((hit / REPORT).read_text(encoding="utf-8"))
+            data.update(cacheHit=True, output=str(out))
+            data["timings"] = {**timings, "totalSeconds": round(time.perf_counter() - started, 3)}
+            staging = work / "staging"
+            shutil.copytree(hit, staging)
+            report = Report(data)
+            write_report(report, staging / REPORT)
+            install(staging, out, ms.name)
+            return report
+        ctx = _Context(item, work, work / "staging", progress, fetched, data_path, calibration_path, timings)
+        data = _build(ctx)
+        data.update(conversionHash=key, cacheHit=False)
+        # Cached entries carry no timings or output path of the run that made them.
+        cached = Report({k: v for k, v in data.items() if k not in ("output",)})
+        write_report(cached, ctx.staging / REPORT)
+        if options.use_cache:
+            cache.store(key, ctx.staging)
+        timings["totalSeconds"] = time.perf_counter() - started
+        data["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        data["output"] = str(out)
+        report = Report(data)
+        write_report(report, ctx.staging / REPORT)
+        install(ctx.staging, out, ms.name)
+        return report
+
+
+def _data_files(item: LoadedModelService, work: Path, progress: Progress) -> tuple[Path | None, Path | None]:
+    conversion = item.model.spec.conversion
+    data = calibration = None
+    if conversion.verification.data_uri and conversion.verification.enabled:
+        data = fetch_file(
+            conversion.verification.data_uri,
+            work / "data",
+            base_dir=item.base_dir,
+            progress=progress,
+            field="spec.conversion.verification.dataUri",
+        )
+    quantization = conversion.quantization
+    wants_static = conversion.precision == "auto" or (
+        conversion.precision == "int8" and quantization.method == "static"
+    )
+    if quantization.calibration is not None and wants_static:
+        calibration = fetch_file(
+            quantization.calibration.uri,
+            work / "calibration",
+            base_dir=item.base_dir,
+            progress=progress,
+            field="spec.conversion.quantization.calibration.uri",
+        )
+    return data, calibration
+
+
+def conversion_hash(ms: ModelService, source_sha256: str, data: Path | None, calibration: Path | None) -> str:
+    """SHA-256 over everything that changes the output: source and data digests, model and conversion
+    settings, the serving fields config.pbtxt depends on, and the tool versions."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    spec = ms.spec
+    model = spec.model.to_api()
+    for volatile in ("uri", "sha256", "credentials"):
+        model.pop(volatile, None)
+    conversion = spec.conversion.to_api()
+    conversion.get("verification", {}).pop("dataUri", None)
+    conversion.get("quantization", {}).get("calibration", {}).pop("uri", None)
+    serving = spec.serving
+    settings = {
+        "format": CACHE_FORMAT,
+        "versions": [__version__, torch.__version__, onnx.__version__, onnxruntime.__version__],
+        "name": ms.name,
+        "source": source_sha256,
+        "data": file_sha256(data) if data else None,
+        "calibration": file_sha256(calibration) if calibration else None,
+        "model": model,
+        "conversion": conversion,
+        "serving": {
+            "maxBatchSize": serving.max_batch_size,
+            "dynamicBatching": serving.dynamic_batching.to_api() if serving.dynamic_batching else None,
+            "instances": serving.instances,
+            "gpu": serving.resources.gpu,
+        },
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+def _build(ctx: _Context) -> dict[str, Any]:
+    from modelservice.convert import targets
+
+    ms = ctx.ms
+    spec = ms.spec
+    data: dict[str, Any] = {
+        "apiVersion": "modelservice.dev/v1alpha1",
+        "kind": "ConversionReport",
+        "modelName": ms.name,
+        "source": {
+            "uri": spec.model.uri,
+            "format": spec.model.format,
+            "sha256": ctx.fetched.sha256,
+            "kind": ctx.fetched.kind,
+        },
+        "settings": {"target": spec.conversion.target, "precision": spec.conversion.precision},
+        "versions": _versions(),
+        "notes": [],
+    }
+    if spec.model.format == "triton-repository":
+        targets.pass_through_repository(ctx.fetched.path, ctx.staging, ms, data)
+        return data
+    t0 = time.perf_counter()
+    ctx.progress.step("load", f"{spec.model.format} model")
+    model = load_model(spec.model, ctx.fetched.path)
+    ctx.timings["loadSeconds"] = time.perf_counter() - t0
+    data["source"]["file"] = model.file.name
+    data["inputs"] = [t.to_api() for t in model.inputs]
+    data["outputs"] = [t.to_api() for t in model.outputs]
+    verify_data = _verify_data(ctx, model)
+    data["verificationData"] = verify_data.description
+    reference = _reference_outputs(ctx, model, verify_data)
+    if spec.conversion.target == "none":
+        targets.pass_through_model(ctx, model, data)
+    elif spec.conversion.target == "torchscript":
+        targets.torchscript_target(ctx, model, verify_data, reference, data)
+    elif spec.conversion.target == "tensorrt":
+        targets.tensorrt_target(ctx, model, data)
+    else:
+        targets.onnx_target(ctx, model, verify_data, reference, data)
+    return data
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {
+        "modelservice": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _verify_data(ctx: _Context, model: LoadedModel) -> VerifyData:
+    verification = ctx.ms.spec.conversion.verification
+    if ctx.data_path is not None:
+        inputs, labels = load_npz(
+            ctx.data_path, model.inputs, field_name="spec.conversion.verification.dataUri", samples=verification.samples
+        )
+        count = len(next(iter(inputs.values())))
+        what = f"{ctx.data_path.name} ({count} samples{', labelled' if labels is not None else ''})"
+        return VerifyData(inputs, labels, what)
+    return random_data(model.inputs, verification.samples)
+
+
+def _reference_outputs(ctx: _Context, model: LoadedModel, verify_data: VerifyData) -> list[Array]:
+    ctx.progress.step("verify", f"running the original model on {verify_data.description}")
+    t0 = time.perf_counter()
+    if model.is_torch:
+        try:
+            outputs = run_batched(lambda batch: run_torch(model.module, batch, model.inputs), verify_data.inputs, 64)
+        except Exception as exc:
+            raise UserError(
+                f"spec.model.inputs: the original model fails on the verification inputs: {type(exc).__name__}: {exc}"
+            ) from None
+    else:
+        outputs = run_batched(ort_runner(model.file), verify_data.inputs, 64)
+    ctx.timings["referenceSeconds"] = time.perf_counter() - t0
+    if model.outputs and len(outputs) != len(model.outputs):
+        raise UserError(f"spec.model.outputs: declares {len(model.outputs)} outputs, the model returns {len(outputs)}")
+    return outputs

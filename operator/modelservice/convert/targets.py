@@ -1,0 +1,266 @@
+"""Per-target conversion: write ``staging/<name>/1/<model file>`` and ``staging/<name>/config.pbtxt`` and fill
+the report's artifact, verification and candidate sections."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelservice.api.errors import UserError
+from modelservice.api.models import ModelService, TensorSpec
+from modelservice.convert.digest import file_sha256
+from modelservice.convert.export import export_onnx, export_torchscript, load_torchscript, tensorrt_missing
+from modelservice.convert.load import LoadedModel, run_torch
+from modelservice.convert.repository import (
+    CONFIG_FILE,
+    build_model_config,
+    model_file_name,
+    read_config,
+    write_config,
+)
+from modelservice.convert.tensors import Array
+from modelservice.convert.variants import (
+    Variant,
+    VariantInputs,
+    build_variant,
+    choose,
+    measure,
+    requested_variants,
+    serving_batch,
+    verify_variant,
+)
+from modelservice.convert.verify import VerifyData, compare, load_npz, run_batched
+
+if TYPE_CHECKING:
+    from modelservice.convert.pipeline import _Context
+
+VERSION = "1"
+
+
+def _write_model(ctx: _Context, platform: str, artifact: Path, model: LoadedModel) -> Path:
+    folder = ctx.staging / ctx.ms.name
+    target = folder / VERSION / model_file_name(platform)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(artifact, target)
+    config = build_model_config(ctx.ms, platform=platform, inputs=model.inputs, outputs=model.outputs)
+    write_config(config, folder / CONFIG_FILE)
+    return target
+
+
+def _artifact(ctx: _Context, path: Path, fmt: str, precision: str, method: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "uri": path.relative_to(ctx.staging).as_posix(),
+        "format": fmt,
+        "precision": precision,
+        "sha256": file_sha256(path),
+        "sizeBytes": path.stat().st_size,
+        "sourceSha256": ctx.fetched.sha256,
+    }
+    if method:
+        entry["method"] = method
+    return entry
+
+
+def _fail(problems: list[str], what: str) -> UserError:
+    return UserError(f"spec.conversion.verification: {what} failed verification: {'; '.join(problems)}")
+
+
+# ---------------------------------------------------------------------------------------------- onnx
+
+
+def onnx_target(
+    ctx: _Context, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
+) -> None:
+    ms = ctx.ms
+    conversion = ms.spec.conversion
+    fp32 = ctx.work / "exported.onnx"
+    t0 = time.perf_counter()
+    if model.is_torch:
+        ctx.progress.step("convert", f"exporting to ONNX (opset {conversion.opset}, dynamic batch axis)")
+        exported = export_onnx(model, fp32, conversion.opset)
+        data["export"] = {"exporter": exported.exporter, "opset": exported.opset}
+        data["notes"] += exported.notes
+    else:
+        shutil.copyfile(model.file, fp32)
+        data["export"] = {"exporter": "none (onnx source)"}
+    ctx.timings["exportSeconds"] = time.perf_counter() - t0
+    calibration = _calibration(ctx, model)
+    inputs = VariantInputs(fp32, ctx.work, verify_data.inputs, verify_data.labels, reference, calibration)
+    t0 = time.perf_counter()
+    variants: list[Variant] = []
+    for name, precision, method in requested_variants(ms, calibration is not None):
+        variant = build_variant(name, precision, method, inputs, ctx.progress)
+        ctx.progress.step("verify", f"{name}: comparing with the original on {verify_data.description}")
+        verify_variant(variant, inputs, ms)
+        variants.append(variant)
+    ctx.timings["quantizeVerifySeconds"] = time.perf_counter() - t0
+    if conversion.precision == "auto":
+        t0 = time.perf_counter()
+        batch = serving_batch(ms)
+        passing = [v for v in variants if v.passed or v.name == "fp32"]
+        ctx.progress.step("measure", f"latency of {', '.join(v.name for v in passing)} at batch 1 and {batch}")
+        measure(passing, inputs, batch)
+        chosen, reason = choose(variants, batch)
+        if not chosen.passed:
+            assert chosen.check is not None
+            raise _fail(chosen.check.problems, "fp32 (the baseline of precision auto)")
+        ctx.timings["measureSeconds"] = time.perf_counter() - t0
+        if conversion.quantization.calibration is None:
+            data["notes"].append("int8 static not tried: no spec.conversion.quantization.calibration")
+    else:
+        chosen = variants[0]
+        reason = f"precision {conversion.precision} requested"
+        if chosen.note.startswith("not quantized"):
+            raise UserError(f"spec.conversion.precision: int8 quantization did not happen: {chosen.note}")
+        if not chosen.passed:
+            assert chosen.check is not None
+            raise _fail(chosen.check.problems, chosen.name)
+    if chosen.note:
+        data["notes"].append(f"{chosen.name}: {chosen.note}")
+    data["candidates"] = [v.as_dict() for v in variants]
+    data["chosen"] = {"name": chosen.name, "precision": chosen.precision, "method": chosen.method, "reason": reason}
+    target = _write_model(ctx, "onnx", chosen.path, model)
+    data["artifact"] = _artifact(ctx, target, "onnx", chosen.precision, chosen.method)
+    assert chosen.check is not None
+    data["verification"] = _verification(chosen.check.as_status(), ms, verify_data)
+
+
+def _verification(status: dict[str, Any], ms: ModelService, verify_data: VerifyData) -> dict[str, Any]:
+    verification = ms.spec.conversion.verification
+    return {
+        **status,
+        "data": verify_data.description,
+        "tolerance": verification.tolerance,
+        "accuracyBudget": verification.accuracy_budget,
+    }
+
+
+def _calibration(ctx: _Context, model: LoadedModel) -> dict[str, Array] | None:
+    calibration = ctx.ms.spec.conversion.quantization.calibration
+    if ctx.calibration_path is None or calibration is None:
+        return None
+    inputs, _ = load_npz(
+        ctx.calibration_path,
+        model.inputs,
+        field_name="spec.conversion.quantization.calibration.uri",
+        samples=calibration.samples,
+    )
+    return inputs
+
+
+# ------------------------------------------------------------------------------------------ torchscript
+
+
+def torchscript_target(
+    ctx: _Context, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
+) -> None:
+    conversion = ctx.ms.spec.conversion
+    if conversion.precision != "fp32":
+        raise UserError(
+            f"spec.conversion.precision: {conversion.precision} TorchScript is not supported here; use fp32"
+        )
+    if not model.is_torch:
+        raise UserError("spec.conversion.target: an onnx model cannot be converted to torchscript")
+    ctx.progress.step("convert", "TorchScript (torch.jit.trace)")
+    t0 = time.perf_counter()
+    path = ctx.work / "model.pt"
+    exported = export_torchscript(model, path)
+    data["export"] = {"exporter": exported.exporter}
+    ctx.timings["exportSeconds"] = time.perf_counter() - t0
+    module = load_torchscript(path)
+    ctx.progress.step("verify", f"TorchScript vs the original on {verify_data.description}")
+    outputs = run_batched(lambda batch: run_torch(module, batch, model.inputs), verify_data.inputs, 64)
+    verification = conversion.verification
+    check = compare(
+        reference,
+        outputs,
+        verify_data.labels,
+        precision="fp32",
+        tolerance=verification.tolerance,
+        budget=verification.accuracy_budget,
+    )
+    if not check.passed:
+        raise _fail(check.problems, "the TorchScript model")
+    target = _write_model(ctx, "torchscript", path, model)
+    data["artifact"] = _artifact(ctx, target, "torchscript", "fp32")
+    data["verification"] = _verification(check.as_status(), ctx.ms, verify_data)
+
+
+# -------------------------------------------------------------------------------------------- tensorrt
+
+
+def tensorrt_target(ctx: _Context, model: LoadedModel, data: dict[str, Any]) -> None:
+    missing = tensorrt_missing()
+    if missing:
+        raise UserError(
+            f"spec.conversion.target: tensorrt needs {' and '.join(missing)}; "
+            "this machine has neither, use target onnx here (the operator runs tensorrt conversions on GPU nodes)"
+            if len(missing) == 2
+            else f"spec.conversion.target: tensorrt needs {missing[0]}"
+        )
+    raise UserError("spec.conversion.target: building TensorRT plans is not implemented yet; use target onnx")
+
+
+# ------------------------------------------------------------------------------------------- pass-through
+
+
+def pass_through_model(ctx: _Context, model: LoadedModel, data: dict[str, Any]) -> None:
+    """target none: serve the source as is (onnx or torchscript)."""
+    platform = {"onnx": "onnx", "torchscript": "torchscript"}.get(model.format)
+    if platform is None:
+        raise UserError(f"spec.conversion.target: none cannot serve format {model.format}")
+    ctx.progress.step("convert", f"target none: serving the {model.format} file as is")
+    target = _write_model(ctx, platform, model.file, model)
+    data["artifact"] = _artifact(ctx, target, platform, "fp32")
+    data["verification"] = {"passed": True, "data": "not converted: nothing to verify"}
+
+
+def pass_through_repository(path: Path, staging: Path, ms: ModelService, data: dict[str, Any]) -> None:
+    """format triton-repository: ``path`` is a model folder (config.pbtxt + version folders) or a repository
+    holding exactly one; it is validated with Triton's ModelConfig protobuf and copied as ``<name>``."""
+    folder = path if (path / CONFIG_FILE).is_file() else None
+    if folder is None and path.is_dir():
+        models = sorted(p for p in path.iterdir() if (p / CONFIG_FILE).is_file())
+        if len(models) != 1:
+            found = ", ".join(p.name for p in models) or "none"
+            raise UserError(f"spec.model.uri: expected one Triton model folder with {CONFIG_FILE}, found {found}")
+        folder = models[0]
+    if folder is None:
+        raise UserError(f"spec.model.uri: a triton-repository source must be a folder with {CONFIG_FILE}")
+    config = read_config(folder / CONFIG_FILE)
+    versions = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and any(p.iterdir()))
+    if not versions:
+        raise UserError(f"spec.model.uri: {folder.name} has no version folder (1/, 2/, ...) with a model file")
+    target = staging / ms.name
+    shutil.copytree(folder, target, symlinks=False)
+    if config.name and config.name != ms.name:
+        config.name = ms.name
+        write_config(config, target / CONFIG_FILE)
+        data["notes"].append(f"config.pbtxt name {folder.name!r} renamed to {ms.name!r}")
+    files = sorted(p for p in versions[-1].rglob("*") if p.is_file())
+    main = max(files, key=lambda p: p.stat().st_size)
+    staged = target / main.relative_to(folder)
+    platform = config.platform or config.backend
+    data["artifact"] = _artifact_for_repo(staged, staging, platform, data["source"]["sha256"])
+    data["verification"] = {"passed": True, "data": "served as is: nothing converted"}
+    data["inputs"] = [t.to_api() for t in _specs(config.input)]
+    data["outputs"] = [t.to_api() for t in _specs(config.output)]
+
+
+def _artifact_for_repo(path: Path, staging: Path, platform: str, source: str) -> dict[str, Any]:
+    return {
+        "uri": path.relative_to(staging).as_posix(),
+        "format": platform or "unknown",
+        "precision": "as-is",
+        "sha256": file_sha256(path),
+        "sizeBytes": path.stat().st_size,
+        "sourceSha256": source,
+    }
+
+
+def _specs(tensors: Any) -> list[TensorSpec]:
+    from modelservice.convert.repository import tensor_specs
+
+    return tensor_specs(tensors)

@@ -1,0 +1,181 @@
+"""Verify a converted model against the original on the same inputs.
+
+Inputs: the labelled ``conversion.verification.dataUri`` (.npz with ``x``, or one array per input name, and
+optional labels ``y``), else seeded random inputs within the declared shapes. Both models run in batches.
+
+Measures: ``maxAbsError`` (largest absolute difference over all outputs), ``maxRelError`` (that difference
+relative to the largest absolute reference value, so values near zero do not blow it up), and, when the first
+output is a [batch, classes] score, top-1 ``accuracy`` against the labels (or, without labels, top-1 agreement
+with the original).
+
+The rule: fp32 and fp16 must stay within ``tolerance`` (absolute) and lose at most ``accuracyBudget``
+accuracy; int8 is judged on ``accuracyBudget`` alone (its logits move by more than a tight absolute tolerance
+while the decisions stay the same), except for models without class scores, which fall back to ``tolerance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelservice.api.errors import UserError
+from modelservice.api.models import TensorSpec
+from modelservice.convert.tensors import Array, batch_count, batch_slice, numpy_dtype, random_inputs
+
+Runner = Callable[[dict[str, Array]], list[Array]]
+RANDOM_SAMPLES = 64
+
+
+@dataclass
+class VerifyData:
+    inputs: dict[str, Array]
+    labels: Array | None
+    description: str
+
+
+@dataclass
+class Check:
+    """Verification of one candidate against the reference outputs."""
+
+    max_abs_error: float
+    max_rel_error: float
+    accuracy: float | None
+    reference_accuracy: float | None
+    agreement: float | None
+    passed: bool
+    problems: list[str] = field(default_factory=list)
+
+    def as_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "maxAbsError": round(self.max_abs_error, 6),
+            "maxRelError": round(self.max_rel_error, 6),
+            "passed": self.passed,
+        }
+        if self.accuracy is not None:
+            status["accuracy"] = round(self.accuracy, 6)
+        if self.reference_accuracy is not None:
+            status["referenceAccuracy"] = round(self.reference_accuracy, 6)
+        if self.agreement is not None:
+            status["top1Agreement"] = round(self.agreement, 6)
+        return status
+
+
+def load_npz(
+    path: Path, specs: list[TensorSpec], *, field_name: str, samples: int
+) -> tuple[dict[str, Array], Array | None]:
+    """Inputs (``x`` or one array per input name) and labels (``y``, optional) from an .npz, never unpickling."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except ValueError as exc:
+        raise UserError(f"{field_name}: {path.name}: refused: {exc}") from None
+    except Exception as exc:
+        raise UserError(f"{field_name}: {path.name}: not a readable .npz file: {type(exc).__name__}: {exc}") from None
+    inputs: dict[str, Array] = {}
+    for index, spec in enumerate(specs):
+        if spec.name in arrays:
+            array = arrays[spec.name]
+        elif index == 0 and "x" in arrays:
+            array = arrays["x"]
+        elif index == 0 and len(specs) == 1 and arrays:
+            array = next(v for k, v in arrays.items() if k != "y")
+        else:
+            raise UserError(f"{field_name}: {path.name}: no array for input {spec.name!r} (found {', '.join(arrays)})")
+        expected = list(spec.shape)
+        actual = list(array.shape[1:])
+        if len(actual) != len(expected) or any(e not in (-1, a) for e, a in zip(expected, actual, strict=True)):
+            raise UserError(
+                f"{field_name}: {path.name}: {spec.name} has shape {actual} per sample, "
+                f"spec.model.inputs declares {expected}"
+            )
+        inputs[spec.name] = np.ascontiguousarray(array[:samples]).astype(numpy_dtype(spec), copy=False)
+    labels = arrays.get("y")
+    if labels is not None:
+        labels = labels[:samples]
+        if len(labels) != batch_count(inputs):
+            raise UserError(f"{field_name}: {path.name}: y has {len(labels)} labels for {batch_count(inputs)} inputs")
+    return inputs, labels
+
+
+def random_data(specs: list[TensorSpec], samples: int) -> VerifyData:
+    count = min(samples, RANDOM_SAMPLES)
+    return VerifyData(random_inputs(specs, count, seed=0), None, f"seeded random inputs ({count} samples)")
+
+
+def run_batched(runner: Runner, inputs: dict[str, Array], batch: int) -> list[Array]:
+    outputs: list[list[Array]] = []
+    for start in range(0, batch_count(inputs), batch):
+        outputs.append(runner(batch_slice(inputs, start, start + batch)))
+    return [np.concatenate([chunk[i] for chunk in outputs]) for i in range(len(outputs[0]))]
+
+
+def ort_runner(path: Path, threads: int = 1) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(inputs: dict[str, Array]) -> list[Array]:
+        return [np.asarray(o) for o in session.run(None, {name: inputs[name] for name in names})]
+
+    return run
+
+
+def _top1(array: Array) -> Array | None:
+    return array.argmax(axis=1) if array.ndim == 2 and array.shape[1] > 1 else None
+
+
+def compare(
+    reference: list[Array],
+    candidate: list[Array],
+    labels: Array | None,
+    *,
+    precision: str,
+    tolerance: float,
+    budget: float,
+) -> Check:
+    """Errors and accuracies of ``candidate`` against ``reference``, and whether it passes (see module docs)."""
+    if len(reference) != len(candidate):
+        raise UserError(
+            f"spec.model.outputs: the original has {len(reference)} outputs, the converted {len(candidate)}"
+        )
+    max_abs = 0.0
+    scale = 0.0
+    finite = True
+    for ref, out in zip(reference, candidate, strict=True):
+        ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+        finite = finite and bool(np.isfinite(out64).all())
+        if ref64.shape != out64.shape:
+            raise UserError(f"spec.model.outputs: output shape changed from {ref.shape} to {out.shape} in conversion")
+        if ref64.size:
+            max_abs = max(max_abs, float(np.abs(ref64 - out64).max()))
+            scale = max(scale, float(np.abs(ref64).max()))
+    max_rel = max_abs / scale if scale > 0 else max_abs
+    ref_top, out_top = _top1(reference[0]), _top1(candidate[0])
+    accuracy = reference_accuracy = agreement = None
+    drop: float | None = None
+    if ref_top is not None and out_top is not None:
+        agreement = float((ref_top == out_top).mean())
+        if labels is not None:
+            accuracy = float((out_top == labels).mean())
+            reference_accuracy = float((ref_top == labels).mean())
+            drop = reference_accuracy - accuracy
+        else:
+            drop = 1.0 - agreement
+    problems: list[str] = []
+    if not finite:
+        problems.append("the converted model produced NaN or infinite values")
+    if (precision != "int8" or drop is None) and max_abs > tolerance:
+        problems.append(f"max abs error {max_abs:.4g} exceeds tolerance {tolerance:g}")
+    if drop is not None and drop > budget + 1e-12:
+        what = "accuracy" if labels is not None else "top-1 agreement with the original"
+        problems.append(f"{what} drops by {100 * drop:.2f} pp, more than accuracyBudget {100 * budget:.2f} pp")
+    return Check(max_abs, max_rel, accuracy, reference_accuracy, agreement, not problems, problems)
