@@ -44,6 +44,10 @@ The conversion hash and the rules the operator follows (pure functions in ``plan
 7. ``obsolete_children`` names what the operator created earlier and no longer wants (a removed Ingress/HPA,
    Jobs/ConfigMaps of other hashes); PersistentVolumeClaims and the Deployment are never in it.
 
+Placement: Triton's replicas spread across nodes, except when the model claim is ReadWriteOnce (the default):
+it attaches to one node, so replicas co-locate (required pod affinity) and the conversion Job prefers their node
+(``placement.py``); ask for ``ReadWriteMany`` in ``spec.storage.pvc.accessModes`` to spread replicas.
+
 The operator's loop, statelessly::
 
     observed = Observed(deployment=<Deployment named deployment_name(ms) or None>,

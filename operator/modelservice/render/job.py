@@ -38,7 +38,9 @@ def conversion_needs_gpu(ms: ModelService) -> bool:
 
 
 def convert_command(ms: ModelService) -> list[str]:
-    """The converter's command line; the summary goes to the termination log, where the operator reads it."""
+    """The converter's command line. The compact JSON summary goes to the termination log, where the operator
+    reads it from the pod status (Kubernetes keeps at most 4096 bytes of it); the conversion cache lives on the
+    claim, shared by every conversion of this ModelService."""
     return [
         "modelservice",
         "convert",
