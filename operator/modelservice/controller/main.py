@@ -91,11 +91,18 @@ async def operate(
     )
 
 
+def _quiet_logs(verbose: bool) -> None:
+    """The CLI configured logging; keep kopf's per-event "Handler succeeded" lines out unless verbose."""
+    if not verbose:
+        for name in ("kopf.objects", "kopf.activities", "aiohttp.access"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_operator(
     namespaces: list[str], metrics_port: int, health_port: int, peering: str | None, priority: int, verbose: bool
 ) -> int:
     """The ``modelservice run`` command: blocks until SIGINT/SIGTERM; returns the exit code."""
-    kopf.configure(verbose=verbose, log_prefix=True)
+    _quiet_logs(verbose)
     runtime = runtime_from_env(os.environ)
     metrics.serve(metrics_port)
     scope = ", ".join(namespaces) if namespaces else "all namespaces"
