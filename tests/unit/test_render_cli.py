@@ -78,3 +78,26 @@ def test_render_subprocess(tmp_path: Path) -> None:
         "PodDisruptionBudget",
         "HTTPRoute",
     ]
+
+
+def test_pod_commands_parse_with_the_cli() -> None:
+    """The Job's ``modelservice convert`` and the init container's ``modelservice fetch`` are real CLI calls."""
+    from _render_samples import sample
+
+    from modelservice.render import build_deployment, build_job, conversion_hash
+
+    parser = cli.build_parser()
+    (convert,) = build_job(sample("cpu"))["spec"]["template"]["spec"]["containers"]
+    assert convert["command"][0] == "modelservice"
+    args = parser.parse_args(convert["command"][1:])
+    assert args.func is cli._cmd_convert
+    assert (args.file, args.out, args.summary_file) == (
+        "/etc/modelservice/modelservice.yaml",
+        f"/models/{conversion_hash(sample('cpu'))}",
+        "/dev/termination-log",
+    )
+    repo = sample("repo-s3")
+    (fetch,) = build_deployment(repo, conversion_hash(repo))["spec"]["template"]["spec"]["initContainers"]
+    args = parser.parse_args(fetch["command"][1:])
+    assert args.func is cli._cmd_fetch
+    assert (args.uri, args.out, args.sha256) == ("s3://models/digits-repo.tar.gz", "/models/repository", "a" * 64)
