@@ -109,3 +109,38 @@ def expected_grants(*, namespaced: bool, peering: bool) -> set[Grant]:
 
 def is_cluster_scoped(grant: Grant) -> bool:
     return (grant[0], grant[1]) in CLUSTER_SCOPED
+
+
+# ------------------------------------------------------------------------------------- CRD-typed objects
+
+
+def closed_schema(node: Any) -> Any:
+    """Structural CRD schemas prune unknown fields; strict client validation rejects them: mirror that."""
+    if isinstance(node, dict):
+        out = {k: closed_schema(v) for k, v in node.items()}
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            out["additionalProperties"] = False
+        return out
+    return [closed_schema(v) for v in node] if isinstance(node, list) else node
+
+
+def crd_object_errors(obj: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """Problems of ``obj`` against a CRD's openAPIV3Schema (OpenAPI 3.0 = JSON Schema draft 4 bounds)."""
+    import jsonschema  # type: ignore[import-untyped]
+
+    schema = closed_schema(schema)
+    schema.setdefault("properties", {})["metadata"] = {"type": "object"}
+    validator = jsonschema.Draft4Validator(schema)
+    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(obj)]
+
+
+def prometheus_operator_schema(kind: str) -> dict[str, Any]:
+    import json
+
+    path = REPO / "tests" / "data" / "prometheus-operator" / f"{kind.lower()}-v1.schema.json"
+    schema: dict[str, Any] = json.loads(path.read_text())
+    return schema

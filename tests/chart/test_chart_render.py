@@ -7,7 +7,16 @@ from typing import Any
 
 import helm_python
 import pytest
-from chartlib import NAMESPACE, RELEASE, VALUE_SETS, by_kind, objects, render
+from chartlib import (
+    NAMESPACE,
+    RELEASE,
+    VALUE_SETS,
+    by_kind,
+    crd_object_errors,
+    objects,
+    prometheus_operator_schema,
+    render,
+)
 
 from _k8s import K8S_VERSIONS, check_restricted, pod_templates, validate_strict
 
@@ -18,8 +27,9 @@ DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
 
 
 def _check_monitor(obj: dict[str, Any]) -> None:
-    """Structural check of a Prometheus Operator ServiceMonitor/PodMonitor (monitoring.coreos.com/v1)."""
+    """A Prometheus Operator ServiceMonitor/PodMonitor: its v1 CRD schema (0.93.0), plus what we rely on."""
     assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    assert crd_object_errors(obj, prometheus_operator_schema(obj["kind"])) == []
     assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}
     spec = obj["spec"]
     endpoints_key = "endpoints" if obj["kind"] == "ServiceMonitor" else "podMetricsEndpoints"
@@ -234,3 +244,11 @@ def test_operator_command_line_is_accepted_by_the_cli(chart: helm_python.Chart, 
     assert (args.peering is not None) == VALUE_SETS[case].get("peering", {}).get("enabled", False)
     # the probes ask kopf's liveness endpoint at the path the operator serves it on
     assert f":{{health_port}}{container['livenessProbe']['httpGet']['path']}" in inspect.getsource(main)
+
+
+def test_monitor_schema_check_rejects_a_wrong_field(chart: helm_python.Chart) -> None:
+    (monitor,) = by_kind(objects(chart, VALUE_SETS["monitoring"]), "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    monitor["spec"]["endpoints"][0]["scheme"] = "gopher"
+    errors = crd_object_errors(monitor, prometheus_operator_schema("ServiceMonitor"))
+    assert any("intervall" in e for e in errors) and any("gopher" in e for e in errors)
