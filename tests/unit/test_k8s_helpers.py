@@ -80,7 +80,7 @@ class TestValidateStrict:
             validate_strict({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})
 
     def test_httproute(self) -> None:
-        route = {
+        route: dict[str, Any] = {
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
             "metadata": {"name": "r"},

@@ -249,7 +249,7 @@ class TestPlacement:
         assert "podAffinity" not in build_job(ms)["spec"]["template"]["spec"]["affinity"]
 
     def test_user_affinity_kept(self) -> None:
-        anti = {"preferredDuringSchedulingIgnoredDuringExecution": []}
+        anti: dict[str, Any] = {"preferredDuringSchedulingIgnoredDuringExecution": []}
         ms = modified(sample("cpu"), "serving.affinity", {"podAntiAffinity": anti})
         affinity = build_deployment(ms, "0123456789")["spec"]["template"]["spec"]["affinity"]
         assert affinity["podAntiAffinity"] == anti and "podAffinity" in affinity
