@@ -135,14 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("run", _cmd_run, "run the operator (kopf), cluster-wide or for the listed namespaces")
-    p.add_argument(
-        "--namespace", "-n", action="append", help="watch this namespace (repeatable); default: all"
-    )
+    p.add_argument("--namespace", "-n", action="append", help="watch this namespace (repeatable); default: all")
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (0: off)")
     p.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port (0: off)")
-    p.add_argument(
-        "--peering", default=None, help="kopf peering name for standby replicas (default: standalone)"
-    )
+    p.add_argument("--peering", default=None, help="kopf peering name for standby replicas (default: standalone)")
     p.add_argument("--priority", type=int, default=0, help="kopf peering priority")
 
     add("crd", _cmd_crd, "print the generated CustomResourceDefinition (crds/ holds the same bytes)")
@@ -184,16 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", default=None)
     p.add_argument("-q", "--quiet", action="store_true")
 
-    p = add(
-        "serve", _cmd_serve, "convert (cached) and serve a ModelService on a local Triton, without a cluster"
-    )
+    p = add("serve", _cmd_serve, "convert (cached) and serve a ModelService on a local Triton, without a cluster")
     p.add_argument("-f", "--file", required=True)
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument(
-        "--workdir", default=None, help="where the runnable repository is written (default: a temp dir)"
-    )
+    p.add_argument("--workdir", default=None, help="where the runnable repository is written (default: a temp dir)")
     p.add_argument("--cache-dir", default=None, help="conversion cache (default: ~/.cache/modelservice)")
 
     p = add("infer", _cmd_infer, "send an inference request to Triton and print the result and latency")

@@ -83,9 +83,7 @@ class TestShape:
                 assert json_path in paths, json_path
 
     def test_cel_rules_present(self) -> None:
-        rules = {
-            p: n["x-kubernetes-validations"] for p, n in walk(schema()) if "x-kubernetes-validations" in n
-        }
+        rules = {p: n["x-kubernetes-validations"] for p, n in walk(schema()) if "x-kubernetes-validations" in n}
         assert ".spec.autoscaling" in rules
         assert ".spec.conversion.quantization" in rules
         assert ".spec.model" in rules

@@ -46,9 +46,7 @@ class _Converter:
         if any_of is not None:
             non_null = [branch for branch in any_of if branch.get("type") != "null"]
             if len(non_null) != 1:
-                raise ValueError(
-                    f"cannot express anyOf with {len(non_null)} non-null branches in a structural schema"
-                )
+                raise ValueError(f"cannot express anyOf with {len(non_null)} non-null branches in a structural schema")
             rest = {k: v for k, v in node.items() if k != "anyOf"}
             merged = self.convert({**non_null[0], **rest})
             if len(non_null) != len(any_of):

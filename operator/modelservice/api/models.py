@@ -49,8 +49,7 @@ def _cel(*rules: tuple[str, str, str]) -> dict[str, Any]:
     implemented in the model validators so the CLI and the operator reject what the cluster would."""
     return {
         "x-kubernetes-validations": [
-            {"rule": rule, "message": message, **({"fieldPath": path} if path else {})}
-            for rule, message, path in rules
+            {"rule": rule, "message": message, **({"fieldPath": path} if path else {})} for rule, message, path in rules
         ]
     }
 
@@ -148,9 +147,7 @@ class ModelSource(ApiModel):
     sha256: str | None = Field(
         default=None, pattern=SHA256, description="Expected SHA-256 (hex) of the fetched file or archive."
     )
-    credentials: Credentials | None = Field(
-        default=None, description="Credentials for s3://, gs:// or http(s)://."
-    )
+    credentials: Credentials | None = Field(default=None, description="Credentials for s3://, gs:// or http(s)://.")
     inputs: list[TensorSpec] = Field(
         default_factory=list,
         max_length=64,
@@ -176,9 +173,7 @@ class ModelSource(ApiModel):
         if self.format != "pytorch" and self.architecture:
             raise ValueError("architecture: only valid when format is pytorch")
         if self.format in ("pytorch", "torchscript", "exported-program") and not self.inputs:
-            raise ValueError(
-                f"inputs: required when format is {self.format} (name, dtype, shape of each input)"
-            )
+            raise ValueError(f"inputs: required when format is {self.format} (name, dtype, shape of each input)")
         names = [t.name for t in self.inputs] + [t.name for t in self.outputs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -280,9 +275,7 @@ class Conversion(ApiModel):
         default="fp32", description="fp32, fp16, int8, or auto (fastest variant within accuracyBudget)."
     )
     quantization: Quantization = Field(default_factory=Quantization, description="int8 settings.")
-    verification: Verification = Field(
-        default_factory=Verification, description="Parity and accuracy checks."
-    )
+    verification: Verification = Field(default_factory=Verification, description="Parity and accuracy checks.")
     opset: int = Field(default=17, ge=13, le=23, description="ONNX opset for the onnx and tensorrt targets.")
 
     @model_validator(mode="after")
@@ -325,9 +318,7 @@ class Resources(ApiModel):
     requests: dict[str, str] = Field(
         default_factory=lambda: {"cpu": "1", "memory": "2Gi"}, description="CPU/memory requests."
     )
-    limits: dict[str, str] = Field(
-        default_factory=lambda: {"memory": "4Gi"}, description="CPU/memory limits."
-    )
+    limits: dict[str, str] = Field(default_factory=lambda: {"memory": "4Gi"}, description="CPU/memory limits.")
 
     @field_validator("requests", "limits")
     @classmethod
@@ -347,20 +338,14 @@ class Serving(ApiModel):
         default="nvcr.io/nvidia/tritonserver:25.01-py3", min_length=1, description="Triton server image."
     )
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is not set.")
-    max_batch_size: int = Field(
-        default=32, ge=0, le=65536, description="Triton max_batch_size; 0 disables batching."
-    )
+    max_batch_size: int = Field(default=32, ge=0, le=65536, description="Triton max_batch_size; 0 disables batching.")
     dynamic_batching: DynamicBatching | None = Field(
         default_factory=DynamicBatching, description="Dynamic batcher settings; null turns it off."
     )
-    instances: int = Field(
-        default=1, ge=1, le=64, description="Model instances per replica (instance_group)."
-    )
+    instances: int = Field(default=1, ge=1, le=64, description="Model instances per replica (instance_group).")
     resources: Resources = Field(default_factory=Resources, description="Per-replica resources.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector for Triton pods.")
-    tolerations: list[dict[str, Any]] = Field(
-        default_factory=list, description="Tolerations for Triton pods."
-    )
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations for Triton pods.")
     affinity: dict[str, Any] | None = Field(default=None, description="Affinity for Triton pods.")
 
     @model_validator(mode="after")
@@ -409,15 +394,9 @@ class MetricTarget(ApiModel):
     )
 
     type: MetricType = Field(description="cpu, queueTime (Triton queue time per request) or inferenceRate.")
-    target_utilization: int | None = Field(
-        default=None, ge=1, le=100, description="cpu: percent of requests."
-    )
-    target_microseconds: int | None = Field(
-        default=None, ge=1, description="queueTime: average queue time, us."
-    )
-    target_per_replica: int | None = Field(
-        default=None, ge=1, description="inferenceRate: inferences/s per pod."
-    )
+    target_utilization: int | None = Field(default=None, ge=1, le=100, description="cpu: percent of requests.")
+    target_microseconds: int | None = Field(default=None, ge=1, description="queueTime: average queue time, us.")
+    target_per_replica: int | None = Field(default=None, ge=1, description="inferenceRate: inferences/s per pod.")
 
     @model_validator(mode="after")
     def _one_target(self) -> MetricTarget:
@@ -472,9 +451,7 @@ class Autoscaling(ApiModel):
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"minReplicas: {self.min_replicas} is greater than maxReplicas {self.max_replicas}"
-            )
+            raise ValueError(f"minReplicas: {self.min_replicas} is greater than maxReplicas {self.max_replicas}")
         types = [m.type for m in self.metrics]
         if len(set(types)) != len(types):
             raise ValueError("metrics: each metric type may appear once")
@@ -493,12 +470,8 @@ class PersistentVolumeClaimSpec(ApiModel):
         max_length=253,
         description="Claim name; default <modelservice>-models. An existing claim is used as is.",
     )
-    size: str = Field(
-        default="10Gi", pattern=QUANTITY, description="Requested size when the operator creates it."
-    )
-    storage_class_name: str | None = Field(
-        default=None, description="Storage class when the operator creates it."
-    )
+    size: str = Field(default="10Gi", pattern=QUANTITY, description="Requested size when the operator creates it.")
+    storage_class_name: str | None = Field(default=None, description="Storage class when the operator creates it.")
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] = Field(
         default_factory=lambda: ["ReadWriteOnce"],  # type: ignore[arg-type]
         min_length=1,
@@ -509,17 +482,13 @@ class PersistentVolumeClaimSpec(ApiModel):
 class Storage(ApiModel):
     """Where converted repositories live."""
 
-    pvc: PersistentVolumeClaimSpec = Field(
-        default_factory=PersistentVolumeClaimSpec, description="The claim."
-    )
+    pvc: PersistentVolumeClaimSpec = Field(default_factory=PersistentVolumeClaimSpec, description="The claim.")
 
 
 class ServiceExposure(ApiModel):
     """The Service in front of Triton."""
 
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
-        default="ClusterIP", description="Service type."
-    )
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(default="ClusterIP", description="Service type.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra Service annotations.")
 
 
@@ -587,13 +556,9 @@ class ModelServiceSpec(ApiModel):
     )
 
     model: ModelSource = Field(description="The model to fetch.")
-    conversion: Conversion = Field(
-        default_factory=Conversion, description="Conversion, quantization, verification."
-    )
+    conversion: Conversion = Field(default_factory=Conversion, description="Conversion, quantization, verification.")
     serving: Serving = Field(default_factory=Serving, description="How Triton serves the model.")
-    autoscaling: Autoscaling | None = Field(
-        default=None, description="Autoscaling; absent means fixed replicas."
-    )
+    autoscaling: Autoscaling | None = Field(default=None, description="Autoscaling; absent means fixed replicas.")
     storage: Storage = Field(default_factory=Storage, description="Where converted repositories live.")
     exposure: Exposure = Field(default_factory=Exposure, description="Service, Ingress, HTTPRoute.")
 
@@ -601,9 +566,7 @@ class ModelServiceSpec(ApiModel):
     def _cross_section_rules(self) -> ModelServiceSpec:
         fmt, target = self.model.format, self.conversion.target
         if fmt in ("pytorch", "exported-program") and target == "none":
-            raise ValueError(
-                f"conversion: target none cannot serve format {fmt}; choose onnx, torchscript or tensorrt"
-            )
+            raise ValueError(f"conversion: target none cannot serve format {fmt}; choose onnx, torchscript or tensorrt")
         if fmt == "triton-repository" and target != "none":
             raise ValueError("conversion: format triton-repository is served as is; set target none")
         if fmt == "onnx" and target == "torchscript":
@@ -662,9 +625,7 @@ class Endpoints(ApiModel):
 class ModelServiceStatus(ApiModel):
     """Observed state of a ModelService."""
 
-    phase: Phase | None = Field(
-        default=None, description="Pending, Converting, Deploying, Ready, Degraded, Failed."
-    )
+    phase: Phase | None = Field(default=None, description="Pending, Converting, Deploying, Ready, Degraded, Failed.")
     observed_generation: int | None = Field(default=None, description="Generation the status reflects.")
     conditions: list[Condition] = Field(
         default_factory=list,
