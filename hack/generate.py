@@ -6,6 +6,7 @@ Generated, from their single sources:
 - charts/modelservice-operator/files/crds/ (the same bytes)      <- the same
 - manifests/base/ (kustomize base: namespace, CRD, RBAC, ...)    <- the Helm chart, rendered with its defaults
 - manifests/overlays/namespaced/ (Roles, patches)                <- the Helm chart, rendered with watchNamespaces
+- charts/.../files/rbac-rules.yaml                              <- modelservice.api.permissions.PERMISSIONS
 - deploy/argocd/argocd-cm-patch.yaml, argo-cd-values.yaml               <- deploy/argocd/health.lua
 - charts/.../files/prometheus-adapter-rules.yaml, deploy/prometheus-adapter/values.yaml <- render/hpa.py's rules
 
@@ -186,6 +187,73 @@ def prometheus_adapter_files() -> dict[str, str]:
     }
 
 
+RBAC_RULES = f"{CHART}/files/rbac-rules.yaml"
+# Cluster-scoped resources (everything else the table names is namespaced and goes into per-namespace Roles in
+# namespaced mode). A resource missing here that is cluster-scoped would be granted by Roles, where it does nothing.
+CLUSTER_SCOPED_RESOURCES = frozenset(
+    {
+        ("", "namespaces"),
+        ("", "nodes"),
+        ("", "persistentvolumes"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("apiregistration.k8s.io", "apiservices"),
+        ("storage.k8s.io", "storageclasses"),
+        ("scheduling.k8s.io", "priorityclasses"),
+        ("networking.k8s.io", "ingressclasses"),
+        ("gateway.networking.k8s.io", "gatewayclasses"),
+        ("rbac.authorization.k8s.io", "clusterroles"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings"),
+        ("admissionregistration.k8s.io", "validatingwebhookconfigurations"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
+        ("kopf.dev", "clusterkopfpeerings"),
+    }
+)
+# kopf's peering resources: granted only with peering.enabled (cluster-wide mode uses the first, namespaced the second).
+PEERING_RESOURCES = {
+    ("kopf.dev", "clusterkopfpeerings"): "peeringClusterWide",
+    ("kopf.dev", "kopfpeerings"): "peeringNamespaced",
+}
+
+
+def _rules(permissions: list[tuple[str, str, tuple[str, ...]]]) -> list[dict[str, Any]]:
+    """RBAC rules, one per (group, verbs), resources in table order."""
+    grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for group, resource, verbs in permissions:
+        grouped.setdefault((group, verbs), []).append(resource)
+    return [
+        {"apiGroups": [group], "resources": resources, "verbs": list(verbs)}
+        for (group, verbs), resources in grouped.items()
+    ]
+
+
+def rbac_files() -> dict[str, str]:
+    """The chart's RBAC rules, from the one permissions table (modelservice.api.permissions.PERMISSIONS)."""
+    from modelservice.api.permissions import PERMISSIONS
+
+    sections: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
+        "clusterScoped": [],
+        "namespaced": [],
+        "peeringClusterWide": [],
+        "peeringNamespaced": [],
+    }
+    for permission in PERMISSIONS:
+        key = (permission.api_group, permission.resource.split("/")[0])
+        if key in PEERING_RESOURCES:
+            section = PEERING_RESOURCES[key]
+        elif key in CLUSTER_SCOPED_RESOURCES:
+            section = "clusterScoped"
+        else:
+            section = "namespaced"
+        sections[section].append((permission.api_group, permission.resource, tuple(permission.verbs)))
+    document = {name: _rules(perms) for name, perms in sections.items()}
+    about = (
+        "# clusterScoped: a ClusterRole in every mode. namespaced: the ClusterRole when cluster-wide, a Role per\n"
+        "# watched namespace otherwise. peering*: only with peering.enabled (templates/rbac.yaml).\n"
+    )
+    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=110)
+    return {RBAC_RULES: HEADER.format(source="modelservice.api.permissions.PERMISSIONS") + about + body}
+
+
 ARGOCD_KEY = "resource.customizations.health.modelservice.dev_ModelService"
 
 
@@ -216,13 +284,14 @@ def argocd_files(source_root: Path) -> dict[str, str]:
 def generate_all(source_root: Path = REPO) -> dict[str, str]:
     """Every generated file: repository-relative path -> content. Reads sources under ``source_root``."""
     chart_dir = source_root / CHART
-    files = crd_files() | prometheus_adapter_files() | argocd_files(source_root)
+    files = crd_files() | rbac_files() | prometheus_adapter_files() | argocd_files(source_root)
     # The chart templates read files/: render from a copy that already holds the fresh generated files.
     with tempfile.TemporaryDirectory() as tmp:
         chart_copy = Path(tmp) / CHART.name
         shutil.copytree(chart_dir, chart_copy)
         (chart_copy / "files" / "crds" / CRD_FILE).write_text(files[f"crds/{CRD_FILE}"])
-        (chart_copy / "files" / Path(ADAPTER_RULES).name).write_text(files[ADAPTER_RULES])
+        for generated in (ADAPTER_RULES, RBAC_RULES):
+            (chart_copy / "files" / Path(generated).name).write_text(files[generated])
         files |= base_files(chart_copy, files[f"crds/{CRD_FILE}"])
         files |= namespaced_overlay_files(chart_copy)
     return files
