@@ -6,6 +6,9 @@
 # waits for Ready. Needs: docker, kind, kubectl, helm, and this repository's .venv (bash hack/setup.sh).
 #
 #   bash hack/kind-e2e.sh            # KEEP=1 keeps the cluster afterwards; CLUSTER=name picks its name
+#
+# The first run pulls Triton's image (nvcr.io/nvidia/tritonserver, about 15 GB) into the kind node: allow time and
+# disk. The model is tiny and runs on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLUSTER=${CLUSTER:-modelservice-e2e}
