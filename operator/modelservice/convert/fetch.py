@@ -72,7 +72,7 @@ def pvc_root() -> Path:
 
 def fetch_to_dir(uri: str, out: Path, *, sha256: str | None, base_dir: Path, progress: bool) -> Path:
     """Fetch ``uri`` into the folder ``out``; return the fetched file (``out/NAME``) or ``out`` for a
-    folder or an unpacked archive (an archive holding a single top-level folder returns that folder)."""
+    folder or an unpacked archive (the contents of an archive's single top-level folder land in ``out``)."""
     return fetch(uri, out, sha256=sha256, base_dir=base_dir, progress=Progress(progress)).path
 
 

@@ -40,6 +40,7 @@ class ConvertOptions:
     cache_dir: Path | None = None
     progress: bool = True
     use_cache: bool = True
+    measure_seconds: float = 2.0  # time spent measuring each batch size when precision is auto
 
 
 def write_summary(report: Report, path: Path) -> None:
@@ -57,6 +58,7 @@ class _Context:
     data_path: Path | None
     calibration_path: Path | None
     timings: dict[str, float]
+    options: ConvertOptions
 
     @property
     def ms(self) -> ModelService:
@@ -92,7 +94,7 @@ def convert(item: LoadedModelService, out: Path, options: ConvertOptions) -> Rep
             write_report(report, staging / REPORT)
             install(staging, out, ms.name)
             return report
-        ctx = _Context(item, work, work / "staging", progress, fetched, data_path, calibration_path, timings)
+        ctx = _Context(item, work, work / "staging", progress, fetched, data_path, calibration_path, timings, options)
         data = _build(ctx)
         data.update(conversionHash=key, cacheHit=False)
         # Cached entries carry no timings or output path of the run that made them.

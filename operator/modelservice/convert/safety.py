@@ -77,8 +77,10 @@ def check_archive_pickles(path: Path, field: str) -> None:
 
 
 def _raw_tensor_members(zf: zipfile.ZipFile) -> set[str]:
-    """Members the .pt2 configs declare as raw tensor bytes (``use_pickle: false``): never unpickled."""
+    """Members the .pt2 configs declare as raw tensor bytes (``use_pickle: false``), never unpickled by torch.
+    A member that any config (a decoy included) declares otherwise is scanned."""
     raw: set[str] = set()
+    other: set[str] = set()
     for name in zf.namelist():
         if not name.endswith("_config.json"):
             continue
@@ -88,9 +90,10 @@ def _raw_tensor_members(zf: zipfile.ZipFile) -> set[str]:
             continue
         folder = posixpath.dirname(name)
         for entry in entries.values() if isinstance(entries, dict) else []:
-            if isinstance(entry, dict) and entry.get("use_pickle") is False and "path_name" in entry:
-                raw.add(posixpath.join(folder, str(entry["path_name"])))
-    return raw
+            if isinstance(entry, dict) and "path_name" in entry:
+                member = posixpath.join(folder, str(entry["path_name"]))
+                (raw if entry.get("use_pickle") is False else other).add(member)
+    return raw - other
 
 
 def _check_zip(zf: zipfile.ZipFile, label: str, field: str, depth: int) -> None:

@@ -101,7 +101,7 @@ def onnx_target(
         batch = serving_batch(ms)
         passing = [v for v in variants if v.passed or v.name == "fp32"]
         ctx.progress.step("measure", f"latency of {', '.join(v.name for v in passing)} at batch 1 and {batch}")
-        measure(passing, inputs, batch)
+        measure(passing, inputs, batch, ctx.options.measure_seconds)
         chosen, reason = choose(variants, batch)
         if not chosen.passed:
             assert chosen.check is not None

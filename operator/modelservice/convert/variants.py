@@ -159,7 +159,7 @@ def serving_batch(ms: ModelService) -> int:
     return max(1, min(ms.spec.serving.max_batch_size, 32))
 
 
-def measure(variants: list[Variant], inputs: VariantInputs, batch: int) -> None:
+def measure(variants: list[Variant], inputs: VariantInputs, batch: int, budget_s: float = 2.0) -> None:
     """Median latency at batch 1 and ``batch`` of every variant (interleaved)."""
     from modelservice.convert.tensors import batch_count
 
@@ -172,7 +172,7 @@ def measure(variants: list[Variant], inputs: VariantInputs, batch: int) -> None:
 
             reps = -(-size // available)
             sample = {k: np.concatenate([v] * reps)[:size] for k, v in inputs.verify_inputs.items()}
-        for name, ms_value in interleaved_latency(paths, sample).items():
+        for name, ms_value in interleaved_latency(paths, sample, budget_s=budget_s).items():
             next(v for v in variants if v.name == name).latency_ms[f"batch{size}"] = ms_value
 
 
