@@ -99,11 +99,7 @@ def percentiles(latencies: list[float]) -> tuple[float, float, float]:
 def convert_models(kinds: list[str], workdir: Path, precision: str) -> dict[str, Path]:
     """Convert each model with the project's pipeline; returns kind -> converted repository folder."""
     from modelservice.api.loader import load_one
-
-    try:
-        from modelservice.convert.pipeline import ConvertOptions, convert
-    except ImportError:  # the convert pipeline is not in this checkout yet: plain torch.onnx.export
-        return export_models(kinds, workdir, precision)
+    from modelservice.convert.pipeline import ConvertOptions, convert
 
     out: dict[str, Path] = {}
     for kind in kinds:
@@ -120,47 +116,6 @@ def convert_models(kinds: list[str], workdir: Path, precision: str) -> dict[str,
             serving={"maxBatchSize": MAX_BATCH},
         )
         convert(load_one(yaml_path), folder / "converted", ConvertOptions(cache_dir=workdir / "cache", progress=False))
-        out[kind] = folder / "converted"
-    return out
-
-
-def export_models(kinds: list[str], workdir: Path, precision: str) -> dict[str, Path]:
-    """Fallback without the pipeline: torch.onnx.export (+ ONNX Runtime dynamic int8) and our config builder."""
-    import torch
-
-    from modelservice.api.loader import load_one
-    from modelservice.convert.repository import build_model_config, write_config
-
-    out: dict[str, Path] = {}
-    for kind in kinds:
-        print(f"exporting {kind} ({precision}) with torch.onnx.export (no convert pipeline) ...", file=sys.stderr)
-        folder = workdir / kind
-        item = load_one(
-            _digits.write_modelservice(
-                folder / "modelservice.yaml", name=f"bench-{kind}", source="src", kind=KINDS[kind]
-            )
-        )
-        version = folder / "converted" / item.model.name / "1"
-        version.mkdir(parents=True, exist_ok=True)
-        x = torch.zeros(2, 1, 8, 8)
-        torch.onnx.export(
-            _seeded(KINDS[kind]),
-            (x,),
-            str(version / "model.onnx"),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-        if precision == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(version / "model.onnx", version / "model.int8.onnx", weight_type=QuantType.QInt8)
-            (version / "model.int8.onnx").replace(version / "model.onnx")
-        spec = item.model.spec.model
-        config = build_model_config(item.model, platform="onnx", inputs=spec.inputs, outputs=spec.outputs)
-        write_config(config, version.parent / "config.pbtxt")
         out[kind] = folder / "converted"
     return out
 
@@ -183,7 +138,9 @@ def onnx_path(converted: Path) -> Path:
     return found[0]
 
 
-def triton_repository(converted: dict[str, Path], out: Path, threads: int) -> dict[tuple[str, str], str]:
+def triton_repository(
+    converted: dict[str, Path], out: Path, threads: int, instances: int
+) -> dict[tuple[str, str], str]:
     """A runnable repository with, per model, a batched (a) and an unbatched (b) twin; -> (kind, system) -> name."""
     from modelservice.convert.repository import CONFIG_FILE, read_config, write_config
     from modelservice.serve.pybackend import make_runnable
@@ -201,6 +158,7 @@ def triton_repository(converted: dict[str, Path], out: Path, threads: int) -> di
             config.name = name
             config.max_batch_size = MAX_BATCH
             config.ClearField("dynamic_batching")
+            config.instance_group[0].count = instances
             if batching:
                 config.dynamic_batching.max_queue_delay_microseconds = 100
             write_config(config, merged / name / CONFIG_FILE)
@@ -438,6 +396,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
             "warmup_s": args.warmup,
             "precision": args.precision,
             "threads": args.threads,
+            "triton_instances": args.instances,
+            "triton_threads": args.triton_threads or "cores / instances",
             "max_batch_size": MAX_BATCH,
             "max_queue_delay_us": 100,
             "concurrency": levels,
@@ -464,7 +424,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
                 add(cell)
 
     if {"a", "b"} & set(systems):
-        names = triton_repository(converted, workdir / "repository", args.threads)
+        names = triton_repository(converted, workdir / "repository", args.triton_threads, args.instances)
         with TritonProcess(workdir / "repository", workdir / "triton.log", cache_dir=workdir / "cache") as triton:
             for kind in kinds:
                 for system in ("a", "b"):
@@ -566,6 +526,10 @@ def main() -> int:
     parser.add_argument("--systems", default="a,b,c,d,e")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--instances", type=int, default=1, help="Triton model instances (instance_group count)")
+    parser.add_argument(
+        "--triton-threads", type=int, default=0, help="intra-op threads per Triton instance (0: cores / instances)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the markdown table here")
     parser.add_argument("--workdir", type=Path, default=None, help="keep models, logs and repositories here")

@@ -59,41 +59,11 @@ def write_digits_modelservice(folder: Path, model: DigitsModel) -> LoadedModelSe
     return load_one(path)
 
 
-def _export_digits(item: LoadedModelService, model: DigitsModel, out: Path) -> Path:
-    """TEMPORARY stand-in until modelservice.convert.pipeline lands: export + build_model_config."""
-    import torch
-
-    from modelservice.convert.repository import build_model_config, write_config
-
-    torch_model = _digits.train(model.kind)
-    version = out / model.name / "1"
-    version.mkdir(parents=True)
-    x = torch.from_numpy(_digits.load_split().x_test[:2])
-    spec = item.model.spec.model
-    if model.target == "torchscript":
-        torch.jit.trace(torch_model, (x,)).save(str(version / "model.pt"))
-    else:
-        torch.onnx.export(
-            torch_model,
-            (x,),
-            str(version / "model.onnx"),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            dynamo=False,
-        )
-    config = build_model_config(item.model, platform=model.target, inputs=spec.inputs, outputs=spec.outputs)
-    write_config(config, out / model.name / "config.pbtxt")
-    return out
-
-
 def convert_digits(folder: Path, model: DigitsModel, cache_dir: Path) -> Path:
     """Run the convert pipeline for ``model``; returns the converted repository folder."""
+    from modelservice.convert.pipeline import ConvertOptions, convert
+
     item = write_digits_modelservice(folder, model)
-    try:
-        from modelservice.convert.pipeline import ConvertOptions, convert
-    except ImportError:
-        return _export_digits(item, model, folder / "converted")
     out = folder / "converted"
     convert(item, out, ConvertOptions(cache_dir=cache_dir, progress=False))
     return out

@@ -172,8 +172,10 @@ def test_serve_starts_serves_and_stops_cleanly(
     survivors = {pid: _command(pid) for pid in children if _alive(pid)}
     assert survivors == {}
     assert not _alive(process.pid)
-    with socket.socket() as sock:  # the HTTP port is free again
-        sock.bind(("127.0.0.1", ports[0]))
+    for port in ports:  # nothing listens any more (SO_REUSEADDR: TIME_WAIT leftovers of clients do not count)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
     assert list(temp.glob("modelservice-serve-*")) == []  # the temporary workdir is removed
 
 

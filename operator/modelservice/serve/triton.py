@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 
 from modelservice.api.errors import UserError
+from modelservice.convert.output import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,6 @@ def find_tritonserver() -> TritonInstall:
     return install
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "modelservice"
-
-
 def _digest(paths: list[Path]) -> str:
     hasher = hashlib.sha256()
     for path in paths:
@@ -139,8 +135,10 @@ def free_port() -> int:
 
 
 def check_port_free(port: int, what: str) -> None:
-    """UserError naming the option when ``port`` on 127.0.0.1 is taken."""
+    """UserError naming the option when ``port`` on 127.0.0.1 is taken (listened on; connections of a stopped
+    server lingering in TIME_WAIT do not count, as Triton binds with SO_REUSEADDR too)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
