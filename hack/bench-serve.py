@@ -10,6 +10,8 @@ both converted to ONNX by ``modelservice.convert`` (same artifact everywhere), a
   (d) what a user would write instead: FastAPI + uvicorn, ONNX Runtime session created once, JSON
   (e) the limit: the same ONNX Runtime session called in-process at batch 1 and batch 32 (no server)
 
+(d) and (e) use the ONNX Runtime session options of Triton's python model (intra-op threads = cores, no
+spinning), so differences come from the serving architecture; the naive Flask server uses the defaults.
 Every request carries one sample. The load generator is one asyncio process (tritonclient.http.aio for Triton,
 aiohttp for Flask/FastAPI); its CPU time is reported as a share of the machine's cores, since on a small machine
 it competes with the server. Servers run as subprocesses bound to 127.0.0.1 on free ports and are stopped by pid.
@@ -202,7 +204,9 @@ from pydantic import BaseModel
 
 MODEL, PORT, THREADS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 options = ort.SessionOptions()
-options.intra_op_num_threads = THREADS
+options.intra_op_num_threads = THREADS  # the same session options as Triton's python model and (e)
+options.inter_op_num_threads = 1
+options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 session = ort.InferenceSession(MODEL, sess_options=options, providers=["CPUExecutionProvider"])  # loaded once
 INPUT = session.get_inputs()[0].name
 app = FastAPI()
@@ -351,7 +355,9 @@ def bench_in_process(model_file: Path, x: np.ndarray, batch: int, threads: int, 
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads  # the same session options as Triton's python model
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model_file), sess_options=options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: np.ascontiguousarray(np.resize(x, (batch, 1, 8, 8)))}
     for _ in range(5):
@@ -378,6 +384,15 @@ def make_cell(model: str, system: str, concurrency: int, result: Any) -> Cell:
     )
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def run(args: argparse.Namespace, workdir: Path) -> Report:
     from modelservice.serve.triton import TritonProcess
 
@@ -390,6 +405,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "processor": platform.processor(),
+            "onnxruntime": _version("onnxruntime"),
+            "tritonserver": "nvidia-pytriton " + _version("nvidia-pytriton"),
         },
         settings={
             "duration_s": args.duration,
@@ -500,13 +517,15 @@ def markdown(report: Report) -> str:
         f"{report.settings['threads']} ONNX Runtime intra-op threads, {report.settings['duration_s']} s per cell "
         f"after {report.settings['warmup_s']} s warm-up; one run per cell on a shared machine (noisy).",
         "",
-        "| model | system | concurrency | samples/s | p50 ms | p95 ms | p99 ms | load generator (cores) | errors |",
+        f"| model | system | concurrency | samples/s | p50 ms | p95 ms | p99 ms | load generator CPU "
+        f"(of {report.machine['cpus']} cores) | errors |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in report.cells:
         system = f"({c.system}) {SYSTEMS[c.system]}" + (f", batch {c.batch}" if c.system == "e" else "")
         level = "-" if c.system == "e" else str(c.concurrency)
-        cores = "-" if c.system == "e" else f"{c.loadgen_cores:.2f}"
+        share = c.loadgen_cores / (report.machine["cpus"] or 1)
+        cores = "-" if c.system == "e" else f"{c.loadgen_cores:.2f} ({share:.0%})"
         lines.append(
             f"| {c.model} | {system} | {level} | {c.throughput:.1f} | {c.p50_ms:.2f} | {c.p95_ms:.2f} | "
             f"{c.p99_ms:.2f} | {cores} | {c.errors} |"

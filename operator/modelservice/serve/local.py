@@ -10,6 +10,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ def serve(item: LoadedModelService, options: ServeOptions) -> int:
             with triton:
                 print(describe(triton, install, models, _model_inputs(repository, models)), flush=True)
                 while triton.alive():
-                    threading.Event().wait(0.5)
+                    time.sleep(0.5)
                 code = triton.process.returncode if triton.process else None
                 raise TritonError(f"tritonserver exited unexpectedly (code {code}):\n{tail(triton.log_path)}")
         except _Stop:

@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -163,13 +164,17 @@ class Ports:
         return cls(*chosen)
 
 
-def tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a log file ('' when missing)."""
+def tail(path: Path, lines: int = 12) -> str:
+    """What explains a failure in a Triton log: its error lines (glog ``E...`` and ``error:``), else its last
+    lines; the status tables Triton prints are left out ('' when the log is missing)."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    kept = [line for line in text.splitlines() if line.strip() and not line.startswith(("+", "|"))]
+    errors = [line for line in kept if re.match(r"^(E\d{4} |error:|Error:)", line) and "CudaDriverHelper" not in line]
+    errors = [line for line in errors if "NVML" not in line]
+    return "\n".join((errors or kept)[-lines:])
 
 
 def http_ready(port: int, timeout: float = 1.0) -> bool:
