@@ -44,10 +44,14 @@ def _example_args(inputs: list[TensorSpec]) -> tuple[Any, ...]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    ops = sorted(set(re.findall(r"aten[.:]+[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?", text)))
-    if ops and ("nsupported" in text or "not supported" in text or "No decomposition" in text):
-        return f"unsupported operator(s) {', '.join(ops[:4])}"
+    """One line for an exporter failure; names the unsupported operators when there are any."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if any(marker in text for marker in ("No ONNX function", "nsupported", "not supported", "No decomposition")):
+        found = re.findall(r"op='([\w.]+)'", text) + re.findall(r"\b(?:aten|prims)::?\.?[A-Za-z0-9_]+", text)
+        found += re.findall(r"\b(?:aten|prims)\.[A-Za-z0-9_]+", text)
+        ops = sorted({op.replace("::", ".").removesuffix(".default") for op in found})
+        if ops:
+            return f"unsupported operator(s) {', '.join(ops[:4])}"
     for line in text.splitlines():
         if line.strip() and not line.startswith(("Traceback", "  ")):
             return f"{type(exc).__name__}: {line.strip()[:300]}"
@@ -104,6 +108,7 @@ def export_onnx(model: LoadedModel, path: Path, opset: int) -> ExportResult:
                     external_data=False,
                     verbose=False,
                 )
+            canonicalize(path)
             notes = [f"opset {dynamo_opset} (requested {opset}; the dynamo exporter's minimum is 18)"]
             return ExportResult("dynamo", _model_opset(path), notes if dynamo_opset != opset else [])
         except Exception as exc:
@@ -128,6 +133,26 @@ def export_onnx(model: LoadedModel, path: Path, opset: int) -> ExportResult:
         [f"dynamo exporter failed ({_first_line(dynamo_error)}); used the TorchScript exporter"] if dynamo_error else []
     )
     return ExportResult("torchscript", _model_opset(path), notes)
+
+
+def canonicalize(path: Path) -> None:
+    """Drop per-node debugging metadata (stack traces with temporary paths, module names, FX node text) and
+    doc strings, so the same model exports to the same bytes wherever and whenever it is converted."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graphs = [model.graph, *(f for f in model.functions)]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            graphs += [a.g for a in node.attribute if a.HasField("g")]
+            graphs += [g for a in node.attribute for g in a.graphs]
+        if hasattr(graph, "doc_string"):
+            graph.doc_string = ""
+    model.doc_string = ""
+    onnx.save(model, str(path))
 
 
 def _model_opset(path: Path) -> int:

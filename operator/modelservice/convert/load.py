@@ -113,7 +113,8 @@ def build_architecture(root: Path, architecture: str) -> Any:
         raise UserError(f"spec.model.architecture: {file_name} is outside the model source")
     if not path.is_file():
         raise UserError(f"spec.model.architecture: {file_name} not found in the model source")
-    module_name = "modelservice_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    # Named by content, not location, so exports from different temporary folders are identical.
+    module_name = "modelservice_user_" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     user_module = importlib.util.module_from_spec(spec)

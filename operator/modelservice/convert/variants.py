@@ -45,6 +45,7 @@ class Variant:
     check: Check | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    fp32_bytes: int = 0
 
     @property
     def passed(self) -> bool:
@@ -60,6 +61,8 @@ class Variant:
         }
         if self.method:
             entry["method"] = self.method
+        if self.fp32_bytes:
+            entry["sizeRatio"] = round(entry["sizeBytes"] / self.fp32_bytes, 4)
         if self.stats is not None:
             entry.update(self.stats.as_dict())
         if self.check is not None:
@@ -139,6 +142,7 @@ def build_variant(name: str, precision: str, method: str | None, inputs: Variant
             variant.note = f"partly quantized: {variant.stats.describe()}"
         progress.step("quantize", f"{name}: {variant.stats.describe()}")
     variant.build_seconds = time.perf_counter() - started
+    variant.fp32_bytes = inputs.fp32.stat().st_size
     return variant
 
 
