@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,43 +11,12 @@ from typing import Any
 
 import kopf
 import pytest
-import yaml
-from emulator import ApiServerEmulator
-from kmock import ResourceInfo, Server, resource
+from emulator import ApiServerEmulator, declare, write_kubeconfig
+from kmock import Server
 
-from modelservice import GROUP, PLURAL, VERSION
 from modelservice.controller.handlers import Runtime
 from modelservice.controller.main import operate
 from modelservice.render import OperatorConfig
-
-REPO = Path(__file__).resolve().parents[2]
-CRD_FILE = REPO / "crds" / "modelservice.dev_modelservices.yaml"
-CRD_RESOURCE = resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-NAMESPACE = "ml"
-
-
-def declare(emulator: ApiServerEmulator) -> None:
-    """Built-in kinds (KMock's bundled discovery data), the ModelService CRD and Gateway API's HTTPRoute."""
-    emulator.resources.load_bundled()
-    emulator.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = ResourceInfo(
-        namespaced=True,
-        kind="ModelService",
-        singular="modelservice",
-        shortnames={"msvc"},
-        categories={"ml"},
-        subresources={"status", "scale"},
-        verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
-    )
-    emulator.resources["gateway.networking.k8s.io/v1/httproutes"] = ResourceInfo(
-        namespaced=True, kind="HTTPRoute", singular="httproute", verbs={"get", "list", "watch", "create", "patch"}
-    )
-    crd = yaml.safe_load(CRD_FILE.read_text())
-    emulator.objects[CRD_RESOURCE, None, crd["metadata"]["name"]] = crd
-    emulator.objects[resource("", "v1", "namespaces"), None, NAMESPACE] = {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": NAMESPACE},
-    }
 
 
 @pytest.fixture()
@@ -56,19 +24,6 @@ async def emulator() -> AsyncIterator[ApiServerEmulator]:
     async with ApiServerEmulator() as handler, Server(handler):
         declare(handler)
         yield handler
-
-
-def write_kubeconfig(path: Path, server: str) -> Path:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
-        "users": [{"name": "tester", "user": {"token": "emulator-token"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
-        "current-context": "emulator",
-    }
-    path.write_text(json.dumps(config))
-    return path
 
 
 @pytest.fixture()

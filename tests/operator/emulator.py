@@ -27,14 +27,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+import aiohttp.web
 import jsonpatch
-from kmock import KubernetesEmulator, KubernetesError, Request, resource
+import yaml
+from kmock import KubernetesEmulator, KubernetesError, Request, ResourceInfo, resource
 from kmock._internal import apps, enums
 
 from modelservice import GROUP, PLURAL, VERSION
@@ -200,8 +205,32 @@ class ApiServerEmulator(KubernetesEmulator):
                     message=f"injected fault {fault.status}",
                     details={},
                 )
-        # Skip KubernetesEmulator._handle (its state changes are replaced by the _serve_* methods below).
-        return await apps.RawHandler._handle(self, request)
+        action = request.action
+        if request.resource is None or not request.resource.plural or action is None:
+            return await apps.RawHandler._handle(self, request)  # discovery, /version, ...
+        # Serve object requests directly: KMock's DSL matching costs ~70 ms a request with the bundled
+        # resources, which would make the emulator, not the operator, the subject of the benchmark.
+        if action == enums.action.WATCH:
+            return await self._stream_watch(request)
+        serve = {
+            enums.action.LIST: self._serve_list,
+            enums.action.FETCH: self._serve_fetch,
+            enums.action.CREATE: self._serve_create,
+            enums.action.UPDATE: self._serve_update,
+            enums.action.DELETE: self._serve_delete,
+        }[action]
+        return aiohttp.web.json_response(await serve(request))
+
+    async def _stream_watch(self, request: Request) -> aiohttp.web.StreamResponse:
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request._raw_request)
+        try:
+            async for event in self._serve_watch(request):
+                if isinstance(event, dict):
+                    await response.write(json.dumps(event).encode() + b"\n")
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
+        return response
 
     def _key(self, request: Request, name: str | None = None) -> tuple[Any, str | None, str | None]:
         return (request.resource, request.namespace, name if name is not None else request.name)
@@ -418,6 +447,51 @@ class ApiServerEmulator(KubernetesEmulator):
             await bus.unmark(mark)
 
 
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "crds" / "modelservice.dev_modelservices.yaml"
+CRD_RESOURCE = resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+
+
+def declare(emulator: ApiServerEmulator, namespaces: tuple[str, ...] = ("ml",)) -> None:
+    """Built-in kinds (KMock's bundled discovery data), the ModelService CRD (as a resource and as the CRD object
+    from crds/), Gateway API's HTTPRoute, and ``namespaces``."""
+    emulator.resources.load_bundled()
+    emulator.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = ResourceInfo(
+        namespaced=True,
+        kind="ModelService",
+        singular="modelservice",
+        shortnames={"msvc"},
+        categories={"ml"},
+        subresources={"status", "scale"},
+        verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+    )
+    emulator.resources["gateway.networking.k8s.io/v1/httproutes"] = ResourceInfo(
+        namespaced=True, kind="HTTPRoute", singular="httproute", verbs={"get", "list", "watch", "create", "patch"}
+    )
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    emulator.objects[CRD_RESOURCE, None, crd["metadata"]["name"]] = crd
+    for namespace in namespaces:
+        emulator.objects[resource("", "v1", "namespaces"), None, namespace] = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace},
+        }
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig as a user has one: a cluster, a user with a token, a current context."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "users": [{"name": "tester", "user": {"token": "emulator-token"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
+        "current-context": "emulator",
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
 async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
     """Poll ``predicate()`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
@@ -431,4 +505,14 @@ async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05
         await asyncio.sleep(interval)
 
 
-__all__ = ["MS_RESOURCE", "ApiServerEmulator", "Fault", "enums", "merge_patch", "selector_matches", "wait_for"]
+__all__ = [
+    "MS_RESOURCE",
+    "ApiServerEmulator",
+    "Fault",
+    "declare",
+    "enums",
+    "merge_patch",
+    "selector_matches",
+    "wait_for",
+    "write_kubeconfig",
+]

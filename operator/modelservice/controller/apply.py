@@ -118,7 +118,7 @@ async def apply_child(client: KubeClient, cache: Cache, desired: dict[str, Any],
     live = cache.get(kind.api_version, kind.kind, namespace, name)
     if live is None:
         try:
-            cache.put(await client.create(kind, namespace, desired))
+            cache.put_own(await client.create(kind, namespace, desired))
             return "created"
         except ApiError as exc:
             if exc.status != 409:
@@ -131,7 +131,7 @@ async def apply_child(client: KubeClient, cache: Cache, desired: dict[str, Any],
     patch = child_patch(desired, live)
     if not patch:
         return None
-    cache.put(await client.merge_patch(kind, namespace, name, patch))
+    cache.put_own(await client.merge_patch(kind, namespace, name, patch))
     return "patched"
 
 
@@ -164,7 +164,7 @@ async def delete_child(client: KubeClient, cache: Cache, obj: dict[str, Any]) ->
 async def write_status(client: KubeClient, cache: Cache, namespace: str, name: str, patch: dict[str, Any]) -> None:
     """Merge-patch the status subresource and keep the cache's copy current."""
     answer = await client.merge_patch(MODELSERVICE, namespace, name, {"status": patch}, subresource="status")
-    cache.put_modelservice(answer)
+    cache.put_own(answer)
 
 
 async def post_event(

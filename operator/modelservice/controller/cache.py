@@ -11,6 +11,7 @@ import copy
 from collections.abc import Iterator
 from typing import Any
 
+from modelservice import KIND
 from modelservice.render.names import NAME_LABEL
 
 # (apiVersion, kind, namespace, name)
@@ -60,6 +61,29 @@ class Cache:
         self._modelservices: dict[OwnerKey, dict[str, Any]] = {}
         self._objects: dict[ObjectKey, dict[str, Any]] = {}
         self._by_owner: dict[OwnerKey, set[ObjectKey]] = {}
+        # resourceVersions the operator's own writes produced: their watch events are echoes, not news.
+        self._own_writes: dict[ObjectKey | OwnerKey, str] = {}
+
+    # ------------------------------------------------------------------------------------------ own writes
+
+    def put_own(self, obj: dict[str, Any]) -> None:
+        """Store an object the API returned for the operator's own write (create/patch)."""
+        if obj.get("kind") == KIND:
+            key: ObjectKey | OwnerKey = self.put_modelservice(obj)
+        else:
+            self.put(obj)
+            key = object_key(obj)
+        self._own_writes[key] = _rv(obj)
+
+    def is_echo(self, obj: dict[str, Any]) -> bool:
+        """Whether a watch event only reports the operator's own last write (nothing new to react to)."""
+        meta = obj.get("metadata") or {}
+        if obj.get("kind") == KIND:
+            key: ObjectKey | OwnerKey = (str(meta.get("namespace") or ""), str(meta.get("name")))
+        else:
+            key = object_key(obj)
+        own = self._own_writes.get(key)
+        return own is not None and own == _rv(obj)
 
     # ---------------------------------------------------------------------------------------- ModelServices
 
@@ -77,6 +101,7 @@ class Cache:
         cached = self._modelservices.get(key)
         if cached is not None and _uid(cached) == _uid(body):
             del self._modelservices[key]
+            self._own_writes.pop(key, None)
         return key
 
     def modelservice(self, key: OwnerKey) -> dict[str, Any] | None:
@@ -105,6 +130,7 @@ class Cache:
         if cached is None or _uid(cached) != _uid(obj):
             return owner_of(obj)
         del self._objects[key]
+        self._own_writes.pop(key, None)
         owner = owner_of(cached)
         if owner is not None:
             keys = self._by_owner.get(owner)
@@ -125,6 +151,10 @@ class Cache:
 
     def __len__(self) -> int:
         return len(self._objects) + len(self._modelservices)
+
+
+def _rv(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _uid(obj: dict[str, Any]) -> str:

@@ -123,6 +123,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         body = dict(event["object"])
         if event["type"] == "DELETED":
             key = runtime.cache.drop_modelservice(body)
+        elif runtime.cache.is_echo(body):
+            return  # the status the operator just wrote
         else:
             key = runtime.cache.put_modelservice(body)
         if runtime.queue is not None:
@@ -140,6 +142,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         )
         def _child(event: kopf.RawEvent, **_: Any) -> None:
             body = dict(event["object"])
+            if event["type"] != "DELETED" and runtime.cache.is_echo(body):
+                return  # the operator's own create/patch: the reconcile that wrote it already knows
             owner = runtime.cache.drop(body) if event["type"] == "DELETED" else owner_of(body)
             if owner is not None and runtime.queue is not None:
                 runtime.queue.add(owner)
