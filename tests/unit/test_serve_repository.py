@@ -76,9 +76,11 @@ def test_onnx_becomes_a_python_twin_with_the_same_name_tensors_and_batching(tmp_
     original = read_config(converted / "digits" / "config.pbtxt")
     twin = read_config(out / "digits" / "config.pbtxt")
     assert twin.backend == "python" and twin.platform == ""
-    for field in ("name", "max_batch_size", "input", "output", "dynamic_batching", "instance_group"):
+    for field in ("name", "max_batch_size", "input", "output", "dynamic_batching"):
         assert getattr(twin, field) == getattr(original, field), field
-    assert twin.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    # the twin runs on the CPU: the GPU ModelService's two GPU instances become two CPU instances
+    assert original.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert twin.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert twin.instance_group[0].count == 2
     assert {k: v.string_value for k, v in twin.parameters.items()} == {
         "runtime": "onnxruntime",

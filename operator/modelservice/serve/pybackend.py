@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from tritonclient.grpc import model_config_pb2
+
 from modelservice.convert.repository import CONFIG_FILE, ModelConfig, read_config, write_config
 from modelservice.serve.triton import TritonError, TritonInstall
 
@@ -72,7 +74,7 @@ def _copy_tree(source: Path, target: Path) -> None:
 
 
 def python_backend_config(config: ModelConfig, runtime: str, artifact: str, intra_op_threads: int) -> ModelConfig:
-    """The config of the python-backend twin: same name, tensors, batching and instances; backend python."""
+    """The config of the python-backend twin: same name, tensors, batching and instance count; backend python."""
     twin = type(config)()
     twin.CopyFrom(config)
     twin.ClearField("platform")
@@ -81,6 +83,11 @@ def python_backend_config(config: ModelConfig, runtime: str, artifact: str, intr
     twin.parameters["runtime"].string_value = runtime
     twin.parameters["artifact"].string_value = artifact
     twin.parameters["intra_op_thread_count"].string_value = str(intra_op_threads)
+    # The twin runs its artifact on the CPU (ONNX Runtime CPU provider, TorchScript on CPU): GPU instance groups
+    # of a GPU ModelService become CPU instances with the same count.
+    for group in twin.instance_group:
+        group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+        group.ClearField("gpus")
     return twin
 
 
