@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-import _digits  # first: keeps tests/triton from shadowing a "triton" package for torch
+import _digits  # before torch: keeps tests/triton from shadowing a "triton" package
 from modelservice.api.errors import UserError
 from modelservice.api.loader import load_one
 from modelservice.convert.pipeline import ConvertOptions, convert
