@@ -313,3 +313,11 @@ def test_int8_on_a_model_without_weighted_operators_says_quantization_did_not_ha
         UserError, match="int8 quantization did not happen: not quantized: none of the 0 weighted operators"
     ):
         run(yaml_path, tmp_path / "repo")
+
+
+def test_the_bundled_sample_converts_as_the_readme_says(tmp_path: Path) -> None:
+    sample = _digits.REPO / "examples" / "digits" / "modelservice.yaml"
+    report = run(sample, tmp_path / "repo")
+    assert report.data["verification"]["passed"] and report.data["verification"]["accuracy"] > 0.95
+    assert {c["name"] for c in report.data["candidates"]} == {"fp32", "fp16", "int8-dynamic", "int8-static"}
+    assert (tmp_path / "repo" / "digits" / "config.pbtxt").is_file()
