@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # _digits: the example's architectures and ModelService writer
@@ -58,6 +59,7 @@ SYSTEMS = {
     "e": "in-process ONNX Runtime",
 }
 MAX_BATCH = 32
+Array = NDArray[Any]
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -174,6 +176,7 @@ def triton_repository(
 FLASK_APP = """
 import sys
 import numpy as np
+from numpy.typing import NDArray
 import onnxruntime as ort
 from flask import Flask, jsonify, request
 
@@ -197,6 +200,7 @@ app.run(host="127.0.0.1", port=PORT, threaded=True)
 FASTAPI_APP = """
 import sys
 import numpy as np
+from numpy.typing import NDArray
 import onnxruntime as ort
 import uvicorn
 from fastapi import FastAPI
@@ -305,12 +309,13 @@ async def drive(
         wall = time.monotonic() - wall0
         return wall, (cpu_seconds() - cpu0) / wall
 
-    results = await asyncio.gather(clock(), *(worker() for _ in range(concurrency)))
-    wall, cores = results[0]
+    timing = asyncio.ensure_future(clock())
+    await asyncio.gather(timing, *(worker() for _ in range(concurrency)))
+    wall, cores = timing.result()
     return latencies, errors, wall, cores
 
 
-async def bench_triton(url: str, model: str, x: np.ndarray, concurrency: int, duration: float, warmup: float) -> Any:
+async def bench_triton(url: str, model: str, x: Array, concurrency: int, duration: float, warmup: float) -> Any:
     import tritonclient.http.aio as aioclient
 
     client = aioclient.InferenceServerClient(url, conn_limit=max(concurrency, 8))
@@ -331,7 +336,7 @@ async def bench_triton(url: str, model: str, x: np.ndarray, concurrency: int, du
         await client.close()
 
 
-async def bench_json(url: str, x: np.ndarray, concurrency: int, duration: float, warmup: float) -> Any:
+async def bench_json(url: str, x: Array, concurrency: int, duration: float, warmup: float) -> Any:
     import aiohttp
 
     body = json.dumps({"image": x[:1].tolist()})
@@ -351,7 +356,7 @@ async def bench_json(url: str, x: np.ndarray, concurrency: int, duration: float,
         return await drive(send, concurrency, duration, warmup)
 
 
-def bench_in_process(model_file: Path, x: np.ndarray, batch: int, threads: int, duration: float) -> Cell:
+def bench_in_process(model_file: Path, x: Array, batch: int, threads: int, duration: float) -> Cell:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
