@@ -1,5 +1,5 @@
 """``modelservice serve`` end to end in a subprocess: converts, starts a real Triton, serves, and stops cleanly
-on SIGTERM with no process left behind; a busy port is a one-line error."""
+on SIGTERM or SIGINT (Ctrl-C) with no process left behind; a busy port is a one-line error."""
 
 from __future__ import annotations
 
@@ -110,8 +110,9 @@ class Lines:
         return "".join(self.lines)
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_starts_serves_and_stops_cleanly(
-    tmp_path: Path, cache_dir: Path, test_split: tuple[np.ndarray, np.ndarray]
+    tmp_path: Path, cache_dir: Path, test_split: tuple[np.ndarray, np.ndarray], stop_signal: signal.Signals
 ) -> None:
     model = MODELS[0]
     item = write_digits_modelservice(tmp_path / "project", model)
@@ -160,7 +161,7 @@ def test_serve_starts_serves_and_stops_cleanly(
         workdirs = list(temp.glob("modelservice-serve-*"))
         assert len(workdirs) == 1
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         try:
             code = process.wait(timeout=60)
         except subprocess.TimeoutExpired:
