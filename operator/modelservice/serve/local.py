@@ -96,7 +96,10 @@ def curl_example(http_url: str, model: str, inputs: list[TensorSpec], batched: b
 
 
 def describe(
-    triton: TritonProcess, install: TritonInstall, models: list[RunnableModel], inputs: dict[str, list[TensorSpec]]
+    triton: TritonProcess,
+    install: TritonInstall,
+    models: list[RunnableModel],
+    inputs: dict[str, tuple[list[TensorSpec], bool]],
 ) -> str:
     """What serve prints once Triton is ready: endpoints and examples."""
     http = f"http://{HOST}:{triton.ports.http}"
@@ -111,7 +114,8 @@ def describe(
         "Try:",
     ]
     for model in models:
-        example = curl_example(http, model.name, inputs.get(model.name, []), batched=True)
+        tensors, batched = inputs.get(model.name, ([], False))
+        example = curl_example(http, model.name, tensors, batched=batched) if tensors else None
         if example:
             lines.append(f"  {example}")
         lines.append(f"  modelservice infer --url {triton.http_url} -m {model.name} --count 20")
@@ -120,13 +124,14 @@ def describe(
     return "\n".join(lines)
 
 
-def _model_inputs(repository: Path, models: list[RunnableModel]) -> dict[str, list[TensorSpec]]:
+def _model_inputs(repository: Path, models: list[RunnableModel]) -> dict[str, tuple[list[TensorSpec], bool]]:
+    """Per model: its inputs (without batch dimension) and whether it batches."""
     from modelservice.convert.repository import CONFIG_FILE, read_config, tensor_specs
 
-    found: dict[str, list[TensorSpec]] = {}
+    found: dict[str, tuple[list[TensorSpec], bool]] = {}
     for model in models:
         config = read_config(repository / model.name / CONFIG_FILE)
-        found[model.name] = tensor_specs(config.input) if config.max_batch_size > 0 else []
+        found[model.name] = (tensor_specs(config.input), config.max_batch_size > 0)
     return found
 
 
