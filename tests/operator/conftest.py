@@ -14,6 +14,7 @@ import pytest
 from emulator import ApiServerEmulator, declare, write_kubeconfig
 from kmock import Server
 
+from modelservice.api.permissions import PERMISSIONS
 from modelservice.controller.handlers import Runtime
 from modelservice.controller.main import operate
 from modelservice.render import OperatorConfig
@@ -42,6 +43,25 @@ def fast_settings(settings: kopf.OperatorSettings) -> None:
 
 
 OperatorFactory = Callable[..., Any]
+
+
+VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def assert_permitted(emulator: ApiServerEmulator) -> None:
+    """Every API request the operator (kopf and its own client) sent is granted by the permissions table, which
+    the Helm chart's RBAC is generated from: a missing row would be a 403 in a real cluster."""
+    granted = {(p.api_group, p.resource, verb) for p in PERMISSIONS for verb in p.verbs}
+    for request in list(emulator._requests):
+        if request.headers.get("User-Agent", "").startswith("kmock/") or request.resource is None:
+            continue  # the test's own requests; discovery (/api, /apis) is open to every authenticated user
+        if not request.resource.plural:
+            continue
+        verb = VERBS[request.method.value]
+        if verb == "get" and request.name is None:
+            verb = "watch" if request.params.get("watch") == "true" else "list"
+        plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        assert (request.resource.group, plural, verb) in granted, f"not in permissions.py: {verb} {plural}"
 
 
 @pytest.fixture()
@@ -79,3 +99,4 @@ async def start_operator(emulator: ApiServerEmulator, kubeconfig: Path) -> Async
     for _, thread in running:
         await loop.run_in_executor(None, thread.join, 15)
         assert not thread.is_alive(), "the operator did not stop within 15 s"
+    assert_permitted(emulator)

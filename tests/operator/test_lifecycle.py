@@ -200,6 +200,18 @@ async def test_create_convert_deploy_ready(emulator: ApiServerEmulator, start_op
     assert status["readyReplicas"] == 1
     assert status["endpoints"]["http"] == "http://digits.ml.svc:8000"
     assert status["selector"]
+    # Children are watched with a server-side label selector (only what the operator manages).
+    child_watches = [
+        r
+        for r in emulator._requests
+        if r.params.get("watch") == "true"
+        and r.resource is not None
+        and r.resource.plural not in ("modelservices", "customresourcedefinitions")
+    ]
+    assert len({r.resource.plural for r in child_watches}) == 9
+    assert all(
+        r.params.get("labelSelector") == "app.kubernetes.io/managed-by=modelservice-operator" for r in child_watches
+    )
     events = [e["reason"] for e in emulator.items(EVENTS, NS)]
     assert events == ["Converting", "Deploying", "Ready"], events
     assert events.count("Converting") == 1 and events.count("Deploying") == 1 and events.count("Ready") == 1

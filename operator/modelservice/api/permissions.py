@@ -17,20 +17,24 @@ class Permission:
 
 
 PERMISSIONS: tuple[Permission, ...] = (
-    Permission("modelservice.dev", "modelservices", ("get", "list", "watch", "patch")),
-    Permission("modelservice.dev", "modelservices/status", ("get", "patch")),
-    Permission("apps", "deployments", ("get", "list", "watch", "create", "patch")),
-    Permission("batch", "jobs", ("get", "list", "watch", "create", "patch")),
-    Permission("", "services", ("get", "list", "watch", "create", "patch")),
-    Permission("", "configmaps", ("get", "list", "watch", "create", "patch")),
+    # kopf watches ModelServices (list, watch); the operator writes only their status (controller/apply.py).
+    Permission("modelservice.dev", "modelservices", ("list", "watch")),
+    Permission("modelservice.dev", "modelservices/status", ("patch",)),
+    # Children: kopf watches them (list, watch); apply.py creates, patches, reads one after a 409 (get) and deletes
+    # what the spec no longer asks for (render.obsolete_children; never a claim).
+    Permission("apps", "deployments", ("get", "list", "watch", "create", "patch", "delete")),
+    Permission("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
+    Permission("", "services", ("get", "list", "watch", "create", "patch", "delete")),
+    Permission("", "configmaps", ("get", "list", "watch", "create", "patch", "delete")),
     Permission("", "persistentvolumeclaims", ("get", "list", "watch", "create", "patch")),
-    Permission("", "pods", ("get", "list", "watch")),
+    Permission("policy", "poddisruptionbudgets", ("get", "list", "watch", "create", "patch", "delete")),
+    Permission("autoscaling", "horizontalpodautoscalers", ("get", "list", "watch", "create", "patch", "delete")),
+    Permission("networking.k8s.io", "ingresses", ("get", "list", "watch", "create", "patch", "delete")),
+    Permission("gateway.networking.k8s.io", "httproutes", ("get", "list", "watch", "create", "patch", "delete")),
+    # The conversion Job's pods: listed once per finished conversion for the termination message (observe.py).
+    Permission("", "pods", ("list",)),
+    # Events on phase transitions (apply.post_event); kopf's own event posting is off.
     Permission("", "events", ("create",)),
-    Permission("events.k8s.io", "events", ("create",)),
-    Permission("policy", "poddisruptionbudgets", ("get", "list", "watch", "create", "patch")),
-    Permission("autoscaling", "horizontalpodautoscalers", ("get", "list", "watch", "create", "patch")),
-    Permission("networking.k8s.io", "ingresses", ("get", "list", "watch", "create", "patch")),
-    Permission("gateway.networking.k8s.io", "httproutes", ("get", "list", "watch", "create", "patch")),
     # kopf: CRD discovery and (optional) peering.
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("get", "list", "watch")),
     Permission("", "namespaces", ("get", "list", "watch")),

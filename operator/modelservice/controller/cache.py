@@ -7,7 +7,6 @@ nothing to do sends no request at all. Objects written by the operator are store
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,14 +21,14 @@ _DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 
 def _slim(obj: dict[str, Any]) -> dict[str, Any]:
-    """A copy without what the operator never reads and what makes objects big (managedFields)."""
-    obj = copy.deepcopy(obj)
-    meta = obj.get("metadata") or {}
+    """A copy without what the operator never reads and what makes objects big (managedFields). Shallow: cached
+    objects are never mutated (watch events and API answers are fresh dicts), only their metadata is rebuilt."""
+    meta = dict(obj.get("metadata") or {})
     meta.pop("managedFields", None)
-    annotations = meta.get("annotations") or {}
-    for key in _DROPPED_ANNOTATIONS:
-        annotations.pop(key, None)
-    return obj
+    annotations = meta.get("annotations")
+    if annotations and any(key in annotations for key in _DROPPED_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in _DROPPED_ANNOTATIONS}
+    return {**obj, "metadata": meta}
 
 
 def _newer_or_equal(incoming: dict[str, Any], cached: dict[str, Any]) -> bool:

@@ -15,8 +15,9 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
-from modelservice import metrics
+from modelservice import __version__, metrics
 
+USER_AGENT = f"modelservice-operator/{__version__}"
 RETRYABLE = {409, 429, 500, 502, 503, 504}
 
 
@@ -104,7 +105,7 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> Any:
         url = self._connection.server.rstrip("/") + path + (f"?{urlencode(params)}" if params else "")
-        headers = {**self._connection.headers, "Accept": "application/json"}
+        headers = {**self._connection.headers, "Accept": "application/json", "User-Agent": USER_AGENT}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type

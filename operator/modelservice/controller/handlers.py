@@ -74,7 +74,7 @@ def _configure(settings: kopf.OperatorSettings, runtime: Runtime) -> None:
     settings.watching.connect_timeout = 30
     settings.networking.error_backoffs = (1, 2, 4, 8, 16, 30)
     for kind in CHILD_KINDS.values():
-        settings.watching.label_selectors[kind.group, kind.plural] = MANAGED_SELECTOR
+        settings.watching.label_selectors[kind.group, kind.version, kind.plural] = MANAGED_SELECTOR
     if runtime.tweak_settings is not None:
         runtime.tweak_settings(settings)
 
