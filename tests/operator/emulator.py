@@ -14,7 +14,8 @@ Added here (KMock alone stores plain dicts and merges patches as plain dicts):
 - label selectors (``k=v``, ``k!=v``, ``k``) on list and watch;
 - a watch that registers for changes before it replays the current objects (KMock's can lose an event there);
 - optional cascading deletion through ownerReferences (background garbage collection, done synchronously);
-- injected faults: ``emulator.fail(method, path_regex, status, times)`` answers a request with an API error.
+- injected faults: ``emulator.fail(method, path_regex, status, times)`` answers a request with an API error;
+  ``emulator.drop_watches()`` ends every open watch stream.
 
 Still simplified: no admission, no defaulting (so server-set defaults never differ from what was sent), no schema
 validation, no RBAC, no controllers (Jobs and Deployments get status only when a test writes it), list
@@ -61,6 +62,7 @@ SCALE = {
     ("apps", "deployments"): (("spec", "replicas"), ("status", "replicas"), None),
     (GROUP, PLURAL): (("spec", "serving", "replicas"), ("status", "replicas"), ("status", "selector")),
 }
+_DROP = "__DROP__"
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 
 
@@ -149,6 +151,11 @@ class ApiServerEmulator(KubernetesEmulator):
         fault = Fault(method.upper(), re.compile(path), status, times)
         self.state.faults.append(fault)
         return fault
+
+    async def drop_watches(self) -> None:
+        """End every open watch stream (clients must reconnect and must not miss what happens meanwhile)."""
+        for bus in list(self._buses.values()):
+            await bus.put({"type": _DROP})
 
     def writes(self, since: int = 0) -> list[Request]:
         """Write requests (POST/PATCH/PUT/DELETE) recorded from request number ``since`` on."""
@@ -437,6 +444,8 @@ class ApiServerEmulator(KubernetesEmulator):
                 yield event
             selector = request.params.get("labelSelector")
             async for event in bus.stream(since=mark):
+                if event.get("type") == _DROP:
+                    return  # the server closes the stream, as API servers do (timeouts, restarts, LB resets)
                 meta = event.get("object", {}).get("metadata", {})
                 if request.namespace is not None and meta.get("namespace") != request.namespace:
                     continue

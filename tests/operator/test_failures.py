@@ -195,3 +195,31 @@ async def test_conversion_result_is_copied_once(emulator: ApiServerEmulator, sta
     await settle()
     pod_lists = [r for r in list(emulator._requests)[before:] if r.method.value == "GET" and "/pods" in r.url.path]
     assert len(pod_lists) == 1
+
+
+async def test_dropped_watches_are_resumed(emulator: ApiServerEmulator, start_operator: Any) -> None:
+    await start_operator()
+    await create(emulator, modelservice())
+    job = (await wait_for(lambda: jobs_of(emulator), what="the Job"))[0]
+    watches_before = sum(1 for r in emulator._requests if r.params.get("watch") == "true")
+    await emulator.drop_watches()
+    await finish_job(emulator, job, SUMMARY)  # happens while kopf reconnects
+    await wait_for(lambda: ms_status(emulator).get("phase") == "Deploying", what="Deploying after reconnecting")
+    assert sum(1 for r in emulator._requests if r.params.get("watch") == "true") > watches_before
+
+
+async def test_child_kind_the_server_does_not_serve_is_stalled(
+    emulator: ApiServerEmulator, start_operator: Any
+) -> None:
+    await start_operator()
+    emulator.fail("POST", r"/httproutes$", 404, times=1000)  # a cluster without Gateway API
+    route = {"parentRefs": [{"name": "gateway"}], "hostnames": ["digits.example.com"]}
+    await create(emulator, modelservice(exposure={"httpRoute": route}))
+    status = await wait_for(lambda: ms_status(emulator).get("phase") == "Failed" and ms_status(emulator), what="Failed")
+    stalled = condition(status, "Stalled")
+    assert stalled["reason"] == "ChildRejected" and "HTTPRoute/digits: 404" in stalled["message"]
+    assert emulator.get(SERVICES, NS, "digits") is not None  # what could be created was
+    await settle(0.3)  # reconciles already triggered by the children's watch events
+    before = emulator.request_count
+    await settle()
+    assert emulator.writes(before) == []

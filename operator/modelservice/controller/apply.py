@@ -47,6 +47,18 @@ METADATA_ONLY = {"Job", "ConfigMap", "PersistentVolumeClaim"}
 class ChildConflict(Exception):
     """A child's name is taken by an object this ModelService does not own: the operator leaves it alone."""
 
+    reason = "ChildConflict"
+
+
+class ChildRejected(ChildConflict):
+    """The API server refused a child for a reason retrying soon will not fix (403 Forbidden, 404 for a kind it
+    does not serve such as HTTPRoute without Gateway API, 422 Invalid from validation or a webhook)."""
+
+    reason = "ChildRejected"
+
+
+REJECTED = {400, 403, 404, 422}
+
 
 def kind_of(obj: dict[str, Any]) -> Kind:
     return CHILD_KINDS[(str(obj.get("apiVersion")), str(obj.get("kind")))]
@@ -140,7 +152,12 @@ async def apply_children(
 ) -> ApplyResult:
     result = ApplyResult()
     for obj in desired:
-        done = await apply_child(client, cache, obj, owner_uid)
+        try:
+            done = await apply_child(client, cache, obj, owner_uid)
+        except ApiError as exc:
+            if exc.status not in REJECTED:
+                raise
+            raise ChildRejected(f"{_label(obj)}: {exc.status} {exc.reason}: {exc.message}") from exc
         if done == "created":
             result.created.append(_label(obj))
         elif done == "patched":

@@ -87,13 +87,14 @@ class Reconciler:
 
         uid = str(ms.metadata.uid or "")
         apply_error: str | None = None
+        apply_reason = apply.ChildConflict.reason
         try:
             result = await apply.apply_children(self.client, self.cache, wanted, uid)
             if result.created or result.patched:
                 logger.info("%s/%s: created %s patched %s", *key, result.created or "-", result.patched or "-")
             await self._prune(key, ms, wanted, uid)
         except apply.ChildConflict as exc:
-            apply_error = str(exc)
+            apply_error, apply_reason = str(exc), exc.reason
 
         observed = await observe.observe(self.client, self.cache, ms)
         decision = plan(ms, observed)
@@ -108,6 +109,7 @@ class Reconciler:
             selector=selector_string(ms),
             endpoints=self._endpoints(ms),
             apply_error=apply_error,
+            apply_reason=apply_reason,
         )
         status = compute_status(inputs)
         await self._publish(key, body, status)

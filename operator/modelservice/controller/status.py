@@ -78,7 +78,8 @@ class StatusInputs:
     plan:         render's plan (None when the spec is invalid).
     conversion:   the result of the current hash's conversion Job, when it finished and reported.
     served:       the conversion result of the hash the Deployment serves (carried from the previous status).
-    apply_error:  a child the operator cannot create or take over (e.g. a foreign object with its name).
+    apply_error:  a child the operator cannot create or take over (e.g. a foreign object with its name), with
+                  ``apply_reason`` (ChildConflict, ChildRejected).
     """
 
     generation: int
@@ -92,6 +93,7 @@ class StatusInputs:
     selector: str | None = None
     endpoints: dict[str, str] | None = None
     apply_error: str | None = None
+    apply_reason: str = "ChildConflict"
 
 
 def _condition(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
@@ -143,8 +145,8 @@ def _verdict(inputs: StatusInputs, plan: Plan, converted: dict[str, Any], dep: D
     """Phase and the Ready/Reconciling/Stalled conditions, first matching situation wins."""
     ok = (FALSE, "NotStalled", "")
     if inputs.apply_error:
-        stuck = (TRUE, "ChildConflict", inputs.apply_error)
-        return _Verdict("Failed", (FALSE, "ChildConflict", inputs.apply_error), (FALSE, "Stalled", ""), stuck)
+        stuck = (TRUE, inputs.apply_reason, inputs.apply_error)
+        return _Verdict("Failed", (FALSE, inputs.apply_reason, inputs.apply_error), (FALSE, "Stalled", ""), stuck)
     if plan.conversion_failed:
         message = converted["message"]
         serving = dep is not None and dep.ready_replicas > 0
