@@ -79,7 +79,7 @@ class Cell:
     p99_ms: float
     loadgen_cores: float  # CPU seconds of the load generator per wall second (cores busy)
     batch: int = 1
-    note: str = ""
+    load_average: float = field(default_factory=lambda: os.getloadavg()[0])  # 1-minute, when the cell ended
 
 
 @dataclass
@@ -523,8 +523,8 @@ def markdown(report: Report) -> str:
         f"after {report.settings['warmup_s']} s warm-up; one run per cell on a shared machine (noisy).",
         "",
         f"| model | system | concurrency | samples/s | p50 ms | p95 ms | p99 ms | load generator CPU "
-        f"(of {report.machine['cpus']} cores) | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"(of {report.machine['cpus']} cores) | errors | machine load (1 min) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in report.cells:
         system = f"({c.system}) {SYSTEMS[c.system]}" + (f", batch {c.batch}" if c.system == "e" else "")
@@ -533,7 +533,7 @@ def markdown(report: Report) -> str:
         cores = "-" if c.system == "e" else f"{c.loadgen_cores:.2f} ({share:.0%})"
         lines.append(
             f"| {c.model} | {system} | {level} | {c.throughput:.1f} | {c.p50_ms:.2f} | {c.p95_ms:.2f} | "
-            f"{c.p99_ms:.2f} | {cores} | {c.errors} |"
+            f"{c.p99_ms:.2f} | {cores} | {c.errors} | {c.load_average:.1f} |"
         )
     if report.goals:
         lines += ["", "| goal | measured | met |", "| --- | --- | --- |"]
