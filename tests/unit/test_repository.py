@@ -103,13 +103,9 @@ def test_dynamic_batching_follows_the_spec() -> None:
 
 
 def test_no_dynamic_batching_when_off_or_batching_disabled() -> None:
-    off = build_model_config(
-        make_ms({"dynamicBatching": None}), platform="onnx", inputs=INPUTS, outputs=OUTPUTS
-    )
+    off = build_model_config(make_ms({"dynamicBatching": None}), platform="onnx", inputs=INPUTS, outputs=OUTPUTS)
     assert not off.HasField("dynamic_batching")
-    unbatched = build_model_config(
-        make_ms({"maxBatchSize": 0}), platform="onnx", inputs=INPUTS, outputs=OUTPUTS
-    )
+    unbatched = build_model_config(make_ms({"maxBatchSize": 0}), platform="onnx", inputs=INPUTS, outputs=OUTPUTS)
     assert not unbatched.HasField("dynamic_batching")
     assert unbatched.max_batch_size == 0
     assert "dynamic_batching" not in config_text(unbatched)
