@@ -134,9 +134,9 @@ async def wait_all(emulator: ApiServerEmulator, names: list[str], phase: str, ti
 
 async def play_cluster(emulator: ApiServerEmulator, names: list[str]) -> None:
     """Every conversion succeeds: a pod with the summary, the Job Complete."""
+    jobs = {j["metadata"]["labels"].get("modelservice.dev/name"): j for j in emulator.items(JOBS, NS)}
     for name in names:
-        job = next(j for j in emulator.items(JOBS, NS) if j["metadata"]["labels"].get("modelservice.dev/name") == name)
-        job_name = job["metadata"]["name"]
+        job_name = jobs[name]["metadata"]["name"]
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",

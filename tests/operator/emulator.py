@@ -11,6 +11,7 @@ Added here (KMock alone stores plain dicts and merges patches as plain dicts):
 - the status subresource (PATCH .../status changes only status; writes to the main resource ignore status;
   create drops status) for every resource listed in ``STATUS_SUBRESOURCE``;
 - the scale subresource (GET/PATCH .../scale) for Deployments and ModelServices (spec.serving.replicas);
+- ``/api/v1/namespaces`` parsed as the cluster-scoped Namespace resource (KMock 0.8 cannot parse it);
 - label selectors (``k=v``, ``k!=v``, ``k``) on list and watch;
 - a watch that registers for changes before it replays the current objects (KMock's can lose an event there);
 - optional cascading deletion through ownerReferences (background garbage collection, done synchronously);
@@ -41,7 +42,7 @@ import aiohttp.web
 import jsonpatch
 import yaml
 from kmock import KubernetesEmulator, KubernetesError, Request, ResourceInfo, resource
-from kmock._internal import apps, enums
+from kmock._internal import apps, enums, parsing
 
 from modelservice import GROUP, PLURAL, VERSION
 
@@ -63,6 +64,19 @@ SCALE = {
     (GROUP, PLURAL): (("spec", "serving", "replicas"), ("status", "replicas"), ("status", "selector")),
 }
 _DROP = "__DROP__"
+_parse_path = parsing.parse_path
+
+
+def _parse_path_with_namespaces(path: str) -> parsing.ParsedPath:
+    """KMock 0.8 fails on ``/api/v1/namespaces`` (it reads "namespaces" as the namespace prefix of a namespaced
+    URL); kopf lists and watches that URL when it serves listed namespaces. Namespaces are cluster objects."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+        return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+    return _parse_path(path)
+
+
+parsing.parse_path = _parse_path_with_namespaces
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 
 

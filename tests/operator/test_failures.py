@@ -185,6 +185,16 @@ async def test_namespaced_operator_ignores_other_namespaces(emulator: ApiServerE
     assert ms_status(emulator) == {} and jobs_of(emulator) == []
 
 
+async def test_namespaced_operator_serves_its_namespace(emulator: ApiServerEmulator, start_operator: Any) -> None:
+    await start_operator(namespaces=[NS])
+    await create(emulator, modelservice())
+    await wait_for(lambda: ms_status(emulator).get("phase") == "Converting", what="Converting")
+    watches = [r for r in emulator._requests if r.params.get("watch") == "true" and r.resource is not None]
+    assert all(
+        r.namespace == NS for r in watches if r.resource.plural not in ("customresourcedefinitions", "namespaces")
+    )
+
+
 async def test_conversion_result_is_copied_once(emulator: ApiServerEmulator, start_operator: Any) -> None:
     await start_operator()
     await create(emulator, modelservice())
