@@ -414,6 +414,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
             "tritonserver": "nvidia-pytriton " + _version("nvidia-pytriton"),
         },
         settings={
+            "command": " ".join(["python hack/bench-serve.py", *sys.argv[1:]]),
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "precision": args.precision,
@@ -517,6 +518,8 @@ def goals(cells: list[Cell]) -> list[dict[str, Any]]:
 
 def markdown(report: Report) -> str:
     lines = [
+        f"`{report.settings['command']}`",
+        "",
         f"Machine: {report.machine['cpus']} CPUs, {report.machine['platform']}; "
         f"precision {report.settings['precision']}, "
         f"{report.settings['threads']} ONNX Runtime intra-op threads, {report.settings['duration_s']} s per cell "
