@@ -6,6 +6,7 @@ controller and the kubelet would), and a Deployment's status (as the Deployment 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from typing import Any
@@ -212,6 +213,8 @@ async def test_create_convert_deploy_ready(emulator: ApiServerEmulator, start_op
     assert all(
         r.params.get("labelSelector") == "app.kubernetes.io/managed-by=modelservice-operator" for r in child_watches
     )
+    await wait_for(lambda: len(emulator.items(EVENTS, NS)) >= 3, what="three Events")
+    await asyncio.sleep(0.2)
     events = [e["reason"] for e in emulator.items(EVENTS, NS)]
     assert events == ["Converting", "Deploying", "Ready"], events
     assert events.count("Converting") == 1 and events.count("Deploying") == 1 and events.count("Ready") == 1

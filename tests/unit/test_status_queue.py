@@ -41,6 +41,30 @@ async def test_triggers_while_queued_merge_and_while_running_rerun_once() -> Non
     assert not overlap
 
 
+async def test_event_during_reconcile_that_echoes_its_own_write_is_not_news() -> None:
+    calls: list[Key] = []
+    gate = asyncio.Event()
+    written: set[str] = set()
+
+    async def reconcile(key: Key) -> Outcome:
+        calls.append(key)
+        await gate.wait()
+        written.add("rv-2")  # the answer to the reconcile's write arrives after the watch event
+        return Done()
+
+    queue = ReconcileQueue(reconcile, workers=2)
+    queue.start()
+    queue.add(A)
+    queue.add(B)
+    await asyncio.sleep(0.01)
+    queue.add(A, unless=lambda: "rv-2" in written)  # the echo of A's own write
+    queue.add(B, unless=lambda: "rv-9" in written)  # someone else's change
+    gate.set()
+    await asyncio.sleep(0.05)
+    await queue.stop()
+    assert sorted(calls) == [A, B, B]
+
+
 async def test_retry_backs_off_and_stalled_is_not_retried() -> None:
     calls: dict[Key, int] = {A: 0, B: 0}
 

@@ -128,7 +128,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         else:
             key = runtime.cache.put_modelservice(body)
         if runtime.queue is not None:
-            runtime.queue.add(key)
+            runtime.queue.add(key, unless=lambda: runtime.cache.is_echo(body))
 
     for kind in CHILD_KINDS.values():
         labels = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -144,8 +144,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             body = dict(event["object"])
             if event["type"] != "DELETED" and runtime.cache.is_echo(body):
                 return  # the operator's own create/patch: the reconcile that wrote it already knows
-            owner = runtime.cache.drop(body) if event["type"] == "DELETED" else owner_of(body)
+            deleted = event["type"] == "DELETED"
+            owner = runtime.cache.drop(body) if deleted else owner_of(body)
             if owner is not None and runtime.queue is not None:
-                runtime.queue.add(owner)
+                runtime.queue.add(owner, unless=None if deleted else lambda: runtime.cache.is_echo(body))
 
     return registry

@@ -67,17 +67,25 @@ class ReconcileQueue:
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
         self._again: set[Key] = set()
+        self._deferred: dict[Key, list[Callable[[], bool]]] = {}
         self._failures: dict[Key, int] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
-    def add(self, key: Key) -> None:
-        """Reconcile ``key`` soon (at most once more, however often it is added meanwhile)."""
+    def add(self, key: Key, unless: Callable[[], bool] | None = None) -> None:
+        """Reconcile ``key`` soon (at most once more, however often it is added meanwhile).
+
+        ``unless``: for a watch event that arrives while ``key`` is being reconciled, a check run when that
+        reconcile ends; True means the event only reported what the reconcile itself wrote (its answer can come
+        after the watch event), so no further reconcile is needed for it."""
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
         if key in self._active:
-            self._again.add(key)
+            if unless is None:
+                self._again.add(key)
+            else:
+                self._deferred.setdefault(key, []).append(unless)
         elif key not in self._queued:
             self._queued.add(key)
             self._queue.put_nowait(key)
@@ -119,7 +127,8 @@ class ReconcileQueue:
                 outcome = await self._run(key)
             finally:
                 self._active.discard(key)
-            if key in self._again:
+            deferred = self._deferred.pop(key, [])
+            if key in self._again or not all(check() for check in deferred):
                 self._again.discard(key)
                 self.add(key)
             elif isinstance(outcome, Retry):
