@@ -120,6 +120,22 @@ def converged(emulator: ApiServerEmulator, names: list[str], phase: str) -> int:
     return done
 
 
+def check_children(emulator: ApiServerEmulator, names: list[str]) -> None:
+    """Every ModelService that reports Converting has its claim, ConfigMap, Job and Service, owned by it."""
+    wanted = ("persistentvolumeclaims", "configmaps", "jobs", "services")
+    owners: dict[str, set[str]] = {name: set() for name in names}
+    for (res, _, _), obj in emulator.objects.items():
+        if obj.deleted or res.plural not in wanted:
+            continue
+        raw = dict(obj.raw)
+        for ref in raw["metadata"].get("ownerReferences") or []:
+            if ref["name"] in owners:
+                owners[ref["name"]].add(res.plural)
+    missing = [name for name, kinds in owners.items() if len(kinds) != len(wanted)]
+    if missing:
+        raise SystemExit(f"{len(missing)} ModelServices lack children, e.g. {missing[0]}: {owners[missing[0]]}")
+
+
 async def wait_all(emulator: ApiServerEmulator, names: list[str], phase: str, timeout: float) -> float:
     started = time.monotonic()
     while True:
@@ -196,6 +212,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             await wait_all(emulator, names, "Converting", args.timeout)
             results["converge_seconds"] = round(time.monotonic() - started, 2)
             writes, requests = counter.since()
+            check_children(emulator, names)
             results["converge_writes_per_ms"] = round(writes / args.count, 2)
             results["converge_requests_per_ms"] = round(requests / args.count, 2)
             cpu1, _ = proc_stat(process.pid)
