@@ -18,8 +18,11 @@ Added here (KMock alone stores plain dicts and merges patches as plain dicts):
 - injected faults: ``emulator.fail(method, path_regex, status, times)`` answers a request with an API error;
   ``emulator.drop_watches()`` ends every open watch stream.
 
+Object requests (list, watch, get, create, patch, delete) are served by the methods below, not through KMock's
+reaction DSL (which costs ~70 ms a request with the bundled resources); discovery still goes through KMock.
+
 Still simplified: no admission, no defaulting (so server-set defaults never differ from what was sent), no schema
-validation, no RBAC, no controllers (Jobs and Deployments get status only when a test writes it), list
+validation, no RBAC (conftest checks every request of the operator against permissions.py instead), no controllers (Jobs and Deployments get status only when a test writes it), list
 resourceVersions are not honoured on watch (every watch replays all objects as ADDED, which clients must tolerate),
 strategic merge patch is treated as a JSON merge patch, no server-side apply.
 """
