@@ -11,80 +11,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 import _digits  # first: keeps tests/triton from shadowing the name "triton" for torch
-from modelservice.api.loader import LoadedModelService, load_one
+from _serving import MODELS, RunningTriton, convert_digits
 from modelservice.serve.pybackend import make_runnable
 from modelservice.serve.triton import TritonProcess, find_tritonserver
-
-
-@dataclass(frozen=True)
-class DigitsModel:
-    name: str
-    kind: str
-    target: str
-    serving: dict[str, Any]
-
-
-MODELS = [
-    DigitsModel(
-        "digits-cnn",
-        "cnn",
-        "onnx",
-        {"maxBatchSize": 16, "dynamicBatching": {"maxQueueDelayMicroseconds": 20000, "preferredBatchSizes": [4, 8]}},
-    ),
-    DigitsModel("digits-mlp", "mlp", "onnx", {"maxBatchSize": 8, "dynamicBatching": None}),
-    DigitsModel("digits-ts", "cnn", "torchscript", {"maxBatchSize": 8}),
-]
-
-
-def write_digits_modelservice(folder: Path, model: DigitsModel) -> LoadedModelService:
-    """A source folder (model.py + trained weights + test.npz) and the ModelService YAML naming it."""
-    _digits.write_source(folder / "src", model.kind)
-    path = _digits.write_modelservice(
-        folder / "modelservice.yaml",
-        name=model.name,
-        source="src",
-        kind=model.kind,
-        target=model.target,
-        data_uri="src/test.npz",
-        serving=model.serving,
-    )
-    return load_one(path)
-
-
-def convert_digits(folder: Path, model: DigitsModel, cache_dir: Path) -> Path:
-    """Run the convert pipeline for ``model``; returns the converted repository folder."""
-    from modelservice.convert.pipeline import ConvertOptions, convert
-
-    item = write_digits_modelservice(folder, model)
-    out = folder / "converted"
-    convert(item, out, ConvertOptions(cache_dir=cache_dir, progress=False))
-    return out
-
-
-@dataclass(frozen=True)
-class RunningTriton:
-    process: TritonProcess
-    repository: Path
-
-    @property
-    def http_url(self) -> str:
-        return self.process.http_url
-
-    @property
-    def grpc_url(self) -> str:
-        return self.process.grpc_url
-
-    @property
-    def metrics_url(self) -> str:
-        return self.process.metrics_url
 
 
 @pytest.fixture(scope="session")
@@ -119,15 +54,3 @@ def triton(
 def test_split() -> tuple[np.ndarray, np.ndarray]:
     split = _digits.load_split()
     return split.x_test, split.y_test
-
-
-def torch_logits(kind: str, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        out: np.ndarray = _digits.train(kind)(torch.from_numpy(x)).numpy()
-    return out
-
-
-def model_named(name: str) -> DigitsModel:
-    return next(m for m in MODELS if m.name == name)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RunningTriton, torch_logits
 
+from _serving import RunningTriton, torch_logits
 from modelservice.cli import main
 from modelservice.serve.triton import free_port
 

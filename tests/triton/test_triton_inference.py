@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import MODELS, RunningTriton, model_named, torch_logits
 from tritonclient.utils import InferenceServerException
+
+from _serving import MODELS, RunningTriton, model_named, torch_logits
 
 pytestmark = pytest.mark.triton
 

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RunningTriton
-from test_triton_serve import _alive, _command, _descendants
 
+from _serving import RunningTriton, alive, command_line, descendants
 from modelservice.convert.repository import read_config, write_config
 from modelservice.serve.triton import TritonError, TritonProcess
 
@@ -41,13 +40,13 @@ def test_a_triton_that_ignores_sigterm_is_killed_with_its_stubs(tmp_path: Path, 
     process = TritonProcess(repository=repository, log_path=tmp_path / "triton.log", stop_timeout=2)
     with process:
         assert process.pid is not None
-        children = _descendants(process.pid)
-        assert any("triton_python_backend_stub" in _command(pid) for pid in children)
+        children = descendants(process.pid)
+        assert any("triton_python_backend_stub" in command_line(pid) for pid in children)
         os.kill(process.pid, signal.SIGSTOP)  # frozen: SIGTERM stays pending
         started = time.monotonic()
     assert time.monotonic() - started < 20
     assert process.process is not None and process.process.returncode == -signal.SIGKILL
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+    while time.monotonic() < deadline and any(alive(pid) for pid in children):
         time.sleep(0.1)
-    assert {pid: _command(pid) for pid in children if _alive(pid)} == {}
+    assert {pid: command_line(pid) for pid in children if alive(pid)} == {}

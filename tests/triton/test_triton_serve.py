@@ -5,23 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from conftest import MODELS, torch_logits, write_digits_modelservice
 
+from _serving import MODELS, Lines, alive, command_line, descendants, torch_logits, write_digits_modelservice
 from modelservice.serve.triton import free_port
 
 pytestmark = pytest.mark.triton
@@ -32,82 +28,6 @@ SERVE = [sys.executable, "-m", "modelservice.cli", "serve"]
 
 def _port_args(http: int, grpc: int, metrics: int) -> list[str]:
     return ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-
-
-def _descendants(root: int) -> set[int]:
-    """Pids whose parent chain reaches ``root`` (read from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # the command may contain spaces and parentheses: fields follow the last ')'
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        children = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= children
-        frontier = children
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _command(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-class Lines:
-    """Collects a process's stdout lines on a thread, so reads can time out."""
-
-    def __init__(self, stream: Iterator[str]) -> None:
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
-
-    def _pump(self, stream: Iterator[str]) -> None:
-        for line in stream:
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def until(self, marker: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.lines.append(line)
-            if marker in line:
-                return "".join(self.lines)
-        raise AssertionError(f"{marker!r} not seen; output so far:\n{''.join(self.lines)}")
-
-    def rest(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.lines.append(line)
-        return "".join(self.lines)
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -154,8 +74,8 @@ def test_serve_starts_serves_and_stops_cleanly(
         )
         assert answer["outputs"][0]["name"] == "logits" and len(answer["outputs"][0]["data"]) == 10
 
-        children = _descendants(process.pid)
-        commands = [_command(pid) for pid in children]
+        children = descendants(process.pid)
+        commands = [command_line(pid) for pid in children]
         assert any("tritonserver" in c for c in commands), commands
         assert any("triton_python_backend_stub" in c for c in commands), commands
         workdirs = list(temp.glob("modelservice-serve-*"))
@@ -170,9 +90,9 @@ def test_serve_starts_serves_and_stops_cleanly(
     rest = out.rest(timeout=5)
     assert code == 0, rest + (tmp_path / "serve.stderr").read_text()
     assert rest.rstrip().endswith("stopped")
-    survivors = {pid: _command(pid) for pid in children if _alive(pid)}
+    survivors = {pid: command_line(pid) for pid in children if alive(pid)}
     assert survivors == {}
-    assert not _alive(process.pid)
+    assert not alive(process.pid)
     for port in ports:  # nothing listens any more (SO_REUSEADDR: TIME_WAIT leftovers of clients do not count)
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
