@@ -191,3 +191,11 @@ def test_busy_port_names_its_option() -> None:
             Ports.pick(0, busy, 0)
     ports = Ports.pick()
     assert len({ports.http, ports.grpc, ports.metrics}) == 3
+
+
+def test_unwritable_cache_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(TritonError, match=r"cannot prepare Triton's python backend in .*not-a-folder/triton-backends"):
+        prepare_backend_dir(find_tritonserver(), blocker)

@@ -111,8 +111,13 @@ def prepare_backend_dir(install: TritonInstall, cache_dir: Path | None = None) -
     target = root / _digest(files)
     if (target / "python" / STUB_NAME).is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".backends-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".backends-", dir=root))
+    except OSError as exc:
+        raise TritonError(
+            f"cannot prepare Triton's python backend in {root}: {exc.strerror} (use --cache-dir)"
+        ) from None
     try:
         (staging / "python").mkdir()
         for file in files:
