@@ -109,7 +109,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     return infer(
         InferOptions(
-            url=args.url,
+            url=args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000"),
             model=args.model,
             protocol=args.protocol,
             data=Path(args.data) if args.data else None,
@@ -189,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="conversion cache (default: ~/.cache/modelservice)")
 
     p = add("infer", _cmd_infer, "send an inference request to Triton and print the result and latency")
-    p.add_argument("--url", default="127.0.0.1:8000", help="host:port of Triton's HTTP (or gRPC) endpoint")
+    p.add_argument(
+        "--url", default=None, help="host:port of Triton's endpoint (default 127.0.0.1:8000, or :8001 for grpc)"
+    )
     p.add_argument("--model", "-m", required=True, help="model name")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http")
     p.add_argument("--data", default=None, help=".npz with inputs (array per input name, or x)")
