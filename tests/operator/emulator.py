@@ -22,9 +22,10 @@ Object requests (list, watch, get, create, patch, delete) are served by the meth
 reaction DSL (which costs ~70 ms a request with the bundled resources); discovery still goes through KMock.
 
 Still simplified: no admission, no defaulting (so server-set defaults never differ from what was sent), no schema
-validation, no RBAC (conftest checks every request of the operator against permissions.py instead), no controllers (Jobs and Deployments get status only when a test writes it), list
-resourceVersions are not honoured on watch (every watch replays all objects as ADDED, which clients must tolerate),
-strategic merge patch is treated as a JSON merge patch, no server-side apply.
+validation, no RBAC (conftest checks every request of the operator against permissions.py instead), no
+controllers (Jobs and Deployments get status only when a test writes it), list resourceVersions are not honoured
+on watch (every watch replays all objects as ADDED, which clients must tolerate), strategic merge patch is
+treated as a JSON merge patch, no server-side apply.
 """
 
 from __future__ import annotations

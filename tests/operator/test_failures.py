@@ -233,3 +233,11 @@ async def test_child_kind_the_server_does_not_serve_is_stalled(
     before = emulator.request_count
     await settle()
     assert emulator.writes(before) == []
+
+
+async def test_cluster_without_gateway_api(emulator: ApiServerEmulator, start_operator: Any) -> None:
+    """Kinds the cluster does not serve are not watched and do not hold the operator back."""
+    del emulator.resources["gateway.networking.k8s.io/v1/httproutes"]
+    await start_operator()
+    await create(emulator, modelservice())
+    await wait_for(lambda: ms_status(emulator).get("phase") == "Converting", what="Converting")
