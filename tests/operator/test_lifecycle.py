@@ -319,3 +319,21 @@ async def test_deployment_losing_replicas_is_degraded(emulator: ApiServerEmulato
         lambda: [e for e in emulator.items(EVENTS, NS) if e["reason"] == "Degraded"], what="the Degraded Event"
     )
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+
+
+async def test_triton_repository_is_served_without_conversion(emulator: ApiServerEmulator, start_operator: Any) -> None:
+    await start_operator()
+    await create(
+        emulator,
+        modelservice(
+            model={"uri": "s3://models/digits-repository/", "format": "triton-repository"},
+            conversion={"target": "none"},
+        ),
+    )
+    status = await wait_for(
+        lambda: ms_status(emulator).get("phase") == "Deploying" and ms_status(emulator), what="Deploying"
+    )
+    assert jobs_of(emulator) == []
+    assert condition(status, "Converted")["status"] == "True"
+    await make_ready(emulator)
+    await wait_for(lambda: ms_status(emulator).get("phase") == "Ready", what="Ready")
