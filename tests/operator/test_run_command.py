@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import write_kubeconfig
+from emulator import write_kubeconfig
 from emulator import ApiServerEmulator, wait_for
 from test_lifecycle import NS, condition, create, jobs_of, modelservice, ms_status
 
