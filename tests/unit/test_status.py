@@ -208,6 +208,24 @@ class TestOwnedFields:
             "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "t", "image": "b"}]}}}
         }
 
+    def test_quantities_compare_by_value_as_the_server_normalises_them(self) -> None:
+        container = {"name": "t", "resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {}}}
+        volume = {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1024Mi"}}
+        desired = {"spec": {"containers": [container], "volumes": [volume]}}
+        normalised = {
+            "spec": {
+                "containers": [
+                    {"name": "t", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {}}}
+                ],
+                "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
+            }
+        }
+        assert owned_patch(desired, normalised) == {}
+        changed = {"spec": {"containers": [{**container, "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]}}
+        assert owned_patch({"spec": {"containers": [container]}}, changed) != {}
+        # Outside quantity fields, equal numbers written differently are still a difference.
+        assert owned_patch({"metadata": {"labels": {"v": "0.5"}}}, {"metadata": {"labels": {"v": "500m"}}}) != {}
+
     def test_immutable_kinds_get_only_metadata(self) -> None:
         desired = {
             "apiVersion": "batch/v1",

@@ -18,6 +18,7 @@ from typing import Any
 from modelservice import API_VERSION, KIND, PLURAL
 from modelservice.controller.cache import Cache
 from modelservice.controller.client import ApiError, Kind, KubeClient
+from modelservice.render.quantity import parse_quantity
 
 logger = logging.getLogger(__name__)
 
@@ -67,28 +68,45 @@ def kind_of(obj: dict[str, Any]) -> Kind:
 # ------------------------------------------------------------------------------------------- owned fields
 
 
+# Fields whose values are resource quantities: the API server stores them in canonical form ("0.5" -> "500m",
+# "1024Mi" -> "1Gi"), so they compare by value, as Kubernetes' own equality.Semantic does.
+QUANTITY_MAPS = frozenset({"requests", "limits"})
+QUANTITY_FIELDS = frozenset({"sizeLimit", "storage"})
+
+
+def _same_quantity(want: Any, have: Any) -> bool:
+    try:
+        return parse_quantity(str(want)) == parse_quantity(str(have))
+    except ValueError:
+        return False
+
+
 def _list_matches(want: list[Any], have: list[Any]) -> bool:
     return len(want) == len(have) and all(_matches(w, h) for w, h in zip(want, have, strict=True))
 
 
-def _matches(want: Any, have: Any) -> bool:
+def _matches(want: Any, have: Any, key: str = "", in_quantities: bool = False) -> bool:
     if isinstance(want, dict):
-        return isinstance(have, dict) and all(_matches(v, have.get(k)) for k, v in want.items())
+        return isinstance(have, dict) and all(
+            _matches(v, have.get(k), k, in_quantities=key in QUANTITY_MAPS) for k, v in want.items()
+        )
     if isinstance(want, list):
         return isinstance(have, list) and _list_matches(want, have)
-    return bool(want == have)
+    if want == have:
+        return True
+    return (in_quantities or key in QUANTITY_FIELDS) and have is not None and _same_quantity(want, have)
 
 
-def owned_patch(desired: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+def owned_patch(desired: dict[str, Any], live: dict[str, Any], in_quantities: bool = False) -> dict[str, Any]:
     """A JSON merge patch setting every rendered field that differs in ``live`` (lists are set whole)."""
     patch: dict[str, Any] = {}
     for key, want in desired.items():
         have = live.get(key)
         if isinstance(want, dict) and isinstance(have, dict):
-            sub = owned_patch(want, have)
+            sub = owned_patch(want, have, in_quantities=key in QUANTITY_MAPS)
             if sub:
                 patch[key] = sub
-        elif not _matches(want, have):
+        elif not _matches(want, have, key, in_quantities):
             patch[key] = want
     return patch
 
