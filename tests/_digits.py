@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ ARCHITECTURES = {
     "encoder-large": "DigitsEncoderLarge",
 }
 # epochs, learning rate: > 93 % test accuracy in a few seconds on 2 cores (seeded).
-_TRAINING = {"mlp": (15, 1e-2), "cnn": (10, 5e-3), "encoder": (12, 5e-3), "encoder-large": (15, 2e-4)}
+_TRAINING = {"mlp": (15, 1e-2), "cnn": (10, 5e-3), "encoder": (12, 5e-3), "encoder-large": (25, 3e-4)}
 INPUTS = [{"name": "image", "dtype": "FP32", "shape": [1, 8, 8]}]
 OUTPUTS = [{"name": "logits", "dtype": "FP32", "shape": [10]}]
 
@@ -123,7 +124,7 @@ def _train(kind: str, seed: int) -> Any:
     )
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), 64):
             batch = order[start : start + 64]
@@ -132,6 +133,12 @@ def _train(kind: str, seed: int) -> Any:
             loss.backward()
             optimizer.step()
             schedule.step()
+        if os.environ.get("DIGITS_TRAIN_VERBOSE"):
+            model.eval()
+            print(
+                f"{kind}: epoch {epoch + 1}/{epochs}: test accuracy {accuracy(model):.4f}", file=sys.stderr, flush=True
+            )
+            model.train()
     model.eval()
     return model
 
