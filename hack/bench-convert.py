@@ -76,6 +76,10 @@ def convert_variant(
         data_uri="src/test.npz",
         calibration_uri="src/calib.npz",
     )
+    if name != "auto":
+        # Fixed precisions are built with a generous budget so that every variant gets measured; the table
+        # reports the accuracy each really has. auto keeps the default budget (1 pp), as a user gets it.
+        yaml_path.write_text(yaml_path.read_text().replace("accuracyBudget: 0.01", "accuracyBudget: 0.05"))
     out = folder / f"out-{name}"
     started = time.perf_counter()
     report = convert(load_one(yaml_path), out, ConvertOptions(progress=False, use_cache=False))
@@ -230,7 +234,8 @@ def main() -> int:
             "cpus": __import__("os").cpu_count(),
         },
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
-        "note": "medians over interleaved rounds on a shared machine: compare ratios",
+        "note": "medians over interleaved rounds on a shared machine: compare ratios. Fixed-precision variants are "
+        "built with accuracyBudget 0.05 so each is measured; auto uses the default 0.01.",
         "results": results,
         "goals": [{"goal": text, "met": ok} for text, ok in checks],
     }
