@@ -16,6 +16,9 @@ from modelservice.render.names import (
     metadata,
 )
 
+# libyaml's dumper writes the same bytes as the pure-Python one, about 5x faster (this runs on every reconcile).
+_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 
 def modelservice_document(ms: ModelService) -> dict[str, Any]:
     """The ModelService as ``modelservice convert -f`` reads it: apiVersion, kind, name/namespace and spec."""
@@ -35,5 +38,5 @@ def build_configmap(ms: ModelService) -> dict[str, Any]:
         "kind": "ConfigMap",
         "metadata": metadata(ms, configmap_name(ms, hash_), COMPONENT_CONVERTER, extra_labels={HASH_LABEL: hash_}),
         "immutable": True,
-        "data": {SPEC_FILE: yaml.safe_dump(modelservice_document(ms), sort_keys=False)},
+        "data": {SPEC_FILE: yaml.dump(modelservice_document(ms), Dumper=_DUMPER, sort_keys=False)},
     }
