@@ -34,9 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "operator"))
 
 import aiohttp  # noqa: E402
-from emulator import MS_RESOURCE, ApiServerEmulator, declare, write_kubeconfig  # noqa: E402
 from kmock import Server  # noqa: E402
 from kmock import resource as kresource  # noqa: E402
+
+from emulator import MS_RESOURCE, ApiServerEmulator, declare, write_kubeconfig  # noqa: E402
 
 NS = "bench"
 JOBS = kresource("batch", "v1", "jobs")

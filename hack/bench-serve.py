@@ -47,8 +47,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # _digits: the example's architectures and ModelService writer
-import _digits  # noqa: E402  (before torch: keeps tests/triton from shadowing the name "triton")
+sys.path.insert(0, str(REPO / "tests" / "lib"))  # _digits: the example's architectures and ModelService writer
+import _digits  # noqa: E402
 
 KINDS = {"cnn": "cnn", "encoder": "encoder-large"}  # bench name -> _digits kind
 SYSTEMS = {

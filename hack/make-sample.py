@@ -5,7 +5,7 @@
 
 Writes weights.safetensors (DigitsCNN trained on scikit-learn's digits), digits-test.npz (the labelled test
 split: x [N, 1, 8, 8] float32, y int64), digits-calib.npz (256 training images for static int8 calibration)
-and modelservice.yaml. model.py is hand-written; the training recipe lives in tests/_digits.py so tests and
+and modelservice.yaml. model.py is hand-written; the training recipe lives in tests/lib/_digits.py so tests and
 sample agree.
 """
 
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "lib"))
 
 import _digits  # noqa: E402
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import kopf
 import pytest
-from emulator import ApiServerEmulator, declare, write_kubeconfig
 from kmock import Server
 
+from emulator import ApiServerEmulator, declare, write_kubeconfig
 from modelservice.api.permissions import PERMISSIONS
 from modelservice.controller.handlers import Runtime
 from modelservice.controller.main import operate

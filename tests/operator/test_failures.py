@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from emulator import MS_RESOURCE, ApiServerEmulator, wait_for
+from modelservice import metrics
 from test_lifecycle import (
     DEPLOYMENTS,
     EVENTS,
@@ -23,8 +24,6 @@ from test_lifecycle import (
     ms_status,
     patch,
 )
-
-from modelservice import metrics
 
 
 def writes_about(emulator: ApiServerEmulator, since: int, name: str = "digits") -> list[Any]:

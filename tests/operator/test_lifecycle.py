@@ -11,9 +11,9 @@ import copy
 import json
 from typing import Any
 
-from emulator import MS_RESOURCE, ApiServerEmulator, wait_for
 from kmock import resource
 
+from emulator import MS_RESOURCE, ApiServerEmulator, wait_for
 from modelservice.render.names import HASH_ANNOTATION, NAME_LABEL
 
 NS = "ml"

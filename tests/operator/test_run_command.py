@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from emulator import write_kubeconfig
-from emulator import ApiServerEmulator, wait_for
+
+from emulator import ApiServerEmulator, wait_for, write_kubeconfig
 from test_lifecycle import NS, condition, create, jobs_of, modelservice, ms_status
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import _digits  # first: keeps tests/triton from shadowing the name "triton" for torch
+import _digits
 from _serving import MODELS, RunningTriton, convert_digits
 from modelservice.serve.pybackend import make_runnable
 from modelservice.serve.triton import TritonProcess, find_tritonserver

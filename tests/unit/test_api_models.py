@@ -55,7 +55,7 @@ class TestDefaults:
         ms = parse(BASE, "ms.yaml")
         assert ms.spec.serving.max_batch_size == 32
         assert ms.spec.serving.replicas == 1
-        assert ms.spec.conversion.opset == 17
+        assert ms.spec.conversion.opset == 18
         assert ms.spec.serving.dynamic_batching is not None
         assert ms.spec.serving.dynamic_batching.max_queue_delay_microseconds == 100
         assert ms.spec.autoscaling is None

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import _digits  # before torch: keeps tests/triton from shadowing a "triton" package
+import _digits
 from modelservice.api.errors import UserError
 from modelservice.api.loader import load_one
 from modelservice.convert.pipeline import ConvertOptions, convert

@@ -1,5 +1,5 @@
 """``modelservice convert`` end to end in-process: real torch, ONNX and ONNX Runtime on models trained on
-scikit-learn's digits in the test session (see tests/_digits.py)."""
+scikit-learn's digits in the test session (see tests/lib/_digits.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-import _digits  # before torch: keeps tests/triton from shadowing a "triton" package
+import _digits
 from modelservice.api.errors import UserError
 from modelservice.api.loader import load_one
 from modelservice.convert.pipeline import ConvertOptions, convert

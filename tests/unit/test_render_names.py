@@ -44,7 +44,7 @@ class TestConversionHash:
             ("model.weights", "other.safetensors"),
             ("model.inputs", [{"name": "image", "dtype": "FP32", "shape": [1, 8, 9]}]),
             ("conversion.precision", "fp16"),
-            ("conversion.opset", 18),
+            ("conversion.opset", 17),
             ("conversion.verification.tolerance", 0.5),
             ("serving.maxBatchSize", 16),
             ("serving.dynamicBatching.maxQueueDelayMicroseconds", 500),
@@ -80,7 +80,7 @@ class TestConversionHash:
 
     def test_default_values_spelled_out_do_not_change_it(self) -> None:
         ms = sample("cpu")
-        assert conversion_hash(modified(ms, "conversion.opset", 17)) == conversion_hash(ms)
+        assert conversion_hash(modified(ms, "conversion.opset", 18)) == conversion_hash(ms)
 
 
 class TestNames:

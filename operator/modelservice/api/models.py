@@ -276,7 +276,13 @@ class Conversion(ApiModel):
     )
     quantization: Quantization = Field(default_factory=Quantization, description="int8 settings.")
     verification: Verification = Field(default_factory=Verification, description="Parity and accuracy checks.")
-    opset: int = Field(default=17, ge=13, le=23, description="ONNX opset for the onnx and tensorrt targets.")
+    opset: int = Field(
+        default=18,
+        ge=13,
+        le=23,
+        description="ONNX opset for the onnx and tensorrt targets. The torch.export-based exporter emits 18 or "
+        "newer, so a lower value is raised to 18 (the report says so) unless the TorchScript exporter is the fallback.",
+    )
 
     @model_validator(mode="after")
     def _target_rules(self) -> Conversion:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-import _digits  # first: keeps tests/triton from shadowing the name "triton" for torch
+import _digits
 from modelservice.api.loader import LoadedModelService, load_one
 from modelservice.serve.triton import TritonProcess
 

@@ -35,7 +35,7 @@ import referencing
 # Kubernetes versions checked (kubernetes-validate 1.37 ships schemas for 1.25 .. 1.37).
 K8S_VERSIONS: tuple[str, ...] = ("1.30.0", "1.32.0", "1.34.0", "1.36.0")
 
-_HTTPROUTE_SCHEMA = Path(__file__).parent / "data" / "gateway-api" / "httproute-v1.schema.json"
+_HTTPROUTE_SCHEMA = Path(__file__).resolve().parents[2] / "tests" / "data" / "gateway-api" / "httproute-v1.schema.json"
 
 
 # --------------------------------------------------------------------------------------- schema validation

@@ -1,6 +1,7 @@
 """Shared helpers: scikit-learn's digits and small reference models trained in seconds.
 
-Other test suites import this (``import _digits``; pytest's pythonpath includes tests/):
+Other test suites import this (``import _digits``; pytest's pythonpath is tests/lib, not tests/, so the
+folder tests/triton/ never shadows a package named ``triton``):
 
     split = _digits.load_split()                      # x: [N, 1, 8, 8] float32 in [0, 1], y: int64
     model = _digits.train("cnn")                      # seeded, cached per process; "mlp", "cnn", "encoder"
@@ -27,23 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-
-def _unshadow_triton() -> None:
-    """pytest puts tests/ on sys.path, where the folder tests/triton/ would import as a package named ``triton``;
-    torch then believes OpenAI Triton is installed and ``import torch._dynamo`` (optimizers, torch.export) fails
-    with "module 'triton' has no attribute 'language'". No real ``triton`` package exists here, so mark it
-    absent. (Import this module before torch is first used.)"""
-    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
-        spec = importlib.util.find_spec("triton")
-        origin = spec.origin if spec else None
-        locations = list(spec.submodule_search_locations or []) if spec else []
-        if any(str(Path(loc)).startswith(str(Path(__file__).parent)) for loc in locations) or origin is None:
-            sys.modules["triton"] = None  # type: ignore[assignment]
-
-
-_unshadow_triton()
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODEL_PY = REPO / "examples" / "digits" / "model.py"
 
 ARCHITECTURES = {
