@@ -149,28 +149,26 @@ class Lines:
             self._queue.put(line)
         self._queue.put(None)
 
-    def until(self, marker: str, timeout: float) -> str:
+    def _collect(self, timeout: float, marker: str | None = None) -> bool:
+        """Read lines until ``marker`` appears (True), the stream ends or the timeout passes (False)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                break
+                return False
             if line is None:
-                break
+                return False
             self.lines.append(line)
-            if marker in line:
-                return "".join(self.lines)
+            if marker is not None and marker in line:
+                return True
+        return False
+
+    def until(self, marker: str, timeout: float) -> str:
+        if self._collect(timeout, marker):
+            return "".join(self.lines)
         raise AssertionError(f"{marker!r} not seen; output so far:\n{''.join(self.lines)}")
 
     def rest(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.lines.append(line)
+        self._collect(timeout)
         return "".join(self.lines)
