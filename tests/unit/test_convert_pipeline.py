@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import yaml
 
 import _digits
 from modelservice.api.errors import UserError
@@ -321,3 +322,18 @@ def test_the_bundled_sample_converts_as_the_readme_says(tmp_path: Path) -> None:
     assert report.data["verification"]["passed"] and report.data["verification"]["accuracy"] > 0.95
     assert {c["name"] for c in report.data["candidates"]} == {"fp32", "fp16", "int8-dynamic", "int8-static"}
     assert (tmp_path / "repo" / "digits" / "config.pbtxt").is_file()
+
+
+def test_disabled_verification_measures_but_does_not_enforce(tmp_path: Path) -> None:
+    path = example(tmp_path, "mlp", precision="fp16")
+    document = yaml.safe_load(path.read_text())
+    document["spec"]["conversion"]["verification"]["tolerance"] = 1e-9  # fp16 cannot meet it
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(UserError, match="tolerance"):
+        run(path, tmp_path / "enforced")
+    assert not (tmp_path / "enforced").exists()
+    document["spec"]["conversion"]["verification"]["enabled"] = False
+    path.write_text(yaml.safe_dump(document))
+    report = run(path, tmp_path / "measured")
+    assert report.data["verification"]["maxAbsError"] > 1e-9  # still measured and reported
+    assert (tmp_path / "measured" / "digits" / "1" / "model.onnx").is_file()
