@@ -31,7 +31,7 @@ from modelservice.convert.variants import (
     serving_batch,
     verify_variant,
 )
-from modelservice.convert.verify import VerifyData, compare, load_npz, run_batched
+from modelservice.convert.verify import VerifyData, check_against_spec, load_npz, run_batched
 
 if TYPE_CHECKING:
     from modelservice.convert.pipeline import _Context
@@ -173,17 +173,7 @@ def torchscript_target(
     module = load_torchscript(path)
     ctx.progress.step("verify", f"TorchScript vs the original on {verify_data.description}")
     outputs = run_batched(lambda batch: run_torch(module, batch, model.inputs), verify_data.inputs, 64)
-    verification = conversion.verification
-    check = compare(
-        reference,
-        outputs,
-        verify_data.labels,
-        precision="fp32",
-        tolerance=verification.tolerance,
-        budget=verification.accuracy_budget,
-    )
-    if not verification.enabled:
-        check.passed = True
+    check = check_against_spec(reference, outputs, verify_data.labels, precision="fp32", spec=conversion.verification)
     if not check.passed:
         raise _fail(check.problems, "the TorchScript model")
     target = _write_model(ctx, "torchscript", path, model)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from modelservice.api.errors import UserError
-from modelservice.api.models import TensorSpec
+from modelservice.api.models import TensorSpec, Verification
 from modelservice.convert.tensors import Array, batch_count, batch_slice, numpy_dtype, random_inputs
 
 Runner = Callable[[dict[str, Array]], list[Array]]
@@ -179,3 +179,16 @@ def compare(
         what = "accuracy" if labels is not None else "top-1 agreement with the original"
         problems.append(f"{what} drops by {100 * drop:.2f} pp, more than accuracyBudget {100 * budget:.2f} pp")
     return Check(max_abs, max_rel, accuracy, reference_accuracy, agreement, not problems, problems)
+
+
+def check_against_spec(
+    reference: list[Array], candidate: list[Array], labels: Array | None, *, precision: str, spec: Verification
+) -> Check:
+    """``compare`` with the spec's tolerance and budget; with ``enabled: false`` the figures are measured and
+    reported, but the check is not enforced."""
+    check = compare(
+        reference, candidate, labels, precision=precision, tolerance=spec.tolerance, budget=spec.accuracy_budget
+    )
+    if not spec.enabled:
+        check.passed = True
+    return check
