@@ -31,6 +31,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "no-crds-digest": {
         "crds": {"enabled": False},
         "image": {"digest": "sha256:" + "a" * 64},
+        "converter": {"gpuImage": {"repository": "registry.local/conv-gpu", "digest": "sha256:" + "b" * 64}},
         "serviceAccount": {"create": False, "name": "existing"},
         "verbose": True,
         "nodeSelector": {"kubernetes.io/os": "linux"},

@@ -10,6 +10,7 @@ import pytest
 from chartlib import (
     NAMESPACE,
     RELEASE,
+    REPO,
     VALUE_SETS,
     by_kind,
     crd_object_errors,
@@ -99,6 +100,7 @@ def test_default_render_shape(chart: helm_python.Chart) -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["MODELSERVICE_CONVERTER_IMAGE"]["value"] == "ghcr.io/modelservice/converter:0.1.0"
+    assert env["MODELSERVICE_CONVERTER_GPU_IMAGE"]["value"] == "ghcr.io/modelservice/converter:0.1.0-gpu"
     (service,) = by_kind(objs, "Service")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -206,16 +208,65 @@ def test_every_operator_setting_is_set_by_the_chart(chart: helm_python.Chart) ->
     assert read <= set(env), f"not settable through the chart: {sorted(read - set(env))}"
     runtime = main.runtime_from_env(env)
     assert runtime.config.converter_image == "ghcr.io/modelservice/converter:0.1.0"
+    # the chart's defaults are the operator's own
+    from modelservice.render import OperatorConfig
+
+    assert runtime.config.converter_image == OperatorConfig().converter_image
+    assert runtime.config.converter_gpu_image == OperatorConfig().converter_gpu_image
     custom = {
-        "converter": {"image": {"repository": "registry.local/conv", "tag": "1.2.3-gpu", "pullPolicy": "Always"}},
+        "converter": {
+            "image": {"repository": "registry.local/conv", "tag": "1.2.3", "pullPolicy": "Always"},
+            "gpuImage": {"repository": "registry.local/conv-cuda", "tag": "1.2.3-cuda12"},
+        },
         "settings": {"clusterDomain": "corp.local", "fqdnEndpoints": True, "resyncSeconds": 0, "workers": 4},
     }
     (deployment,) = by_kind(objects(chart, custom), "Deployment")
     runtime = main.runtime_from_env(_env(deployment))
-    assert runtime.config.converter_image == "registry.local/conv:1.2.3-gpu"
+    assert runtime.config.converter_image == "registry.local/conv:1.2.3"
+    assert runtime.config.converter_gpu_image == "registry.local/conv-cuda:1.2.3-cuda12"
     assert runtime.config.converter_image_pull_policy == "Always"
     assert runtime.config.cluster_domain == "corp.local" and runtime.config.fqdn_endpoints is True
     assert runtime.resync_seconds == 0 and runtime.workers == 4
+
+
+@pytest.mark.parametrize(
+    ("converter", "cpu", "gpu"),
+    [
+        ({}, "ghcr.io/modelservice/converter:0.1.0", "ghcr.io/modelservice/converter:0.1.0-gpu"),
+        # the CPU tag alone never moves the GPU image onto the CPU build (or the other way round)
+        (
+            {"image": {"tag": "0.2.0"}},
+            "ghcr.io/modelservice/converter:0.2.0",
+            "ghcr.io/modelservice/converter:0.1.0-gpu",
+        ),
+        (
+            {"gpuImage": {"tag": "0.2.0-gpu"}},
+            "ghcr.io/modelservice/converter:0.1.0",
+            "ghcr.io/modelservice/converter:0.2.0-gpu",
+        ),
+        (
+            {"gpuImage": {"repository": "registry.local/conv", "digest": "sha256:" + "c" * 64, "tag": "ignored"}},
+            "ghcr.io/modelservice/converter:0.1.0",
+            "registry.local/conv@sha256:" + "c" * 64,
+        ),
+    ],
+)
+def test_gpu_converter_image_value(chart: helm_python.Chart, converter: dict[str, Any], cpu: str, gpu: str) -> None:
+    """converter.gpuImage reaches the operator as MODELSERVICE_CONVERTER_GPU_IMAGE: the shipped TensorRT sample's
+    Job runs it, the CPU (onnx int8) sample's Job the CPU image."""
+    from modelservice.api.loader import load_one
+    from modelservice.controller import main
+    from modelservice.render import build_job
+
+    (deployment,) = by_kind(objects(chart, {"converter": converter}), "Deployment")
+    env = _env(deployment)
+    assert env["MODELSERVICE_CONVERTER_IMAGE"] == cpu and env["MODELSERVICE_CONVERTER_GPU_IMAGE"] == gpu
+    config = main.runtime_from_env(env).config
+    images = {}
+    for name in ("cpu-onnx-int8", "gpu-tensorrt-fp16"):
+        ms = load_one(REPO / "manifests" / "samples" / f"{name}.yaml").model
+        images[name] = build_job(ms, config)["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert images == {"cpu-onnx-int8": cpu, "gpu-tensorrt-fp16": gpu}
 
 
 @pytest.mark.parametrize("case", list(VALUE_SETS))

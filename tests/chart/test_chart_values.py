@@ -53,6 +53,11 @@ def test_every_default_value_is_in_the_schema(chart: helm_python.Chart) -> None:
         ({"crds": {"enabled": "yes"}}, "enabled"),
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"converter": {"gpuImage": {"repository": "x", "tags": "1-gpu"}}}, "tags"),
+        ({"converter": {"gpuImage": {"pullPolicy": "Always"}}}, "pullPolicy"),  # shared: converter.image.pullPolicy
+        ({"converter": {"gpuImage": {"digest": "1-gpu"}}}, "digest"),
+        ({"converter": {"gpuImage": {"repository": ""}}}, "repository"),
+        ({"converter": {"gpuImag": {"tag": "1-gpu"}}}, "gpuImag"),
     ],
 )
 def test_misspelled_or_wrong_values_are_rejected(

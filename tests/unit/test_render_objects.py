@@ -222,6 +222,15 @@ class TestDeploymentVariants:
         assert init["command"][-2:] == ["--sha256", "a" * 64]
         assert "--out" in init["command"] and "/models/repository" in init["command"]
         assert init["image"] == OperatorConfig().converter_image
+        # `modelservice fetch` runs on CPU: the CPU converter, whatever the GPU converter is
+        config = OperatorConfig(
+            converter_image="registry.local/conv:1", converter_gpu_image="registry.local/conv:1-gpu"
+        )
+        for served in (ms, modified(ms, "serving.resources", {"gpu": 1})):
+            (init,) = build_deployment(served, conversion_hash(served), config)["spec"]["template"]["spec"][
+                "initContainers"
+            ]
+            assert init["image"] == "registry.local/conv:1"
         assert init["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
         assert "emptyDir" in _volumes(pod)["models"]
         assert _mounts(init)["/models"].get("readOnly") is not True
@@ -309,6 +318,46 @@ class TestJob:
         (container,) = job["spec"]["template"]["spec"]["containers"]
         assert container["image"] == "registry.local/conv:1" and job["spec"]["backoffLimit"] == 1
         assert "/data/datasets" in _mounts(container)
+
+    @pytest.mark.parametrize(
+        ("name", "conversion", "gpu"),
+        [
+            ("cpu", None, False),  # onnx int8
+            ("gpu", None, True),  # tensorrt fp16
+            ("gpu", {"target": "tensorrt", "precision": "fp32"}, True),
+            ("gpu", {"target": "torchscript", "precision": "fp16"}, True),
+            ("gpu", {"target": "torchscript", "precision": "fp32"}, False),  # served on GPUs, converted on CPU
+            ("gpu", {"target": "onnx", "precision": "fp16"}, False),
+            ("onnx-none", None, False),
+        ],
+    )
+    def test_image_is_the_gpu_converter_only_when_the_job_needs_a_gpu(
+        self, name: str, conversion: dict[str, Any] | None, gpu: bool
+    ) -> None:
+        ms = sample(name) if conversion is None else modified(sample(name), "conversion", conversion)
+        for config, cpu_image, gpu_image in [
+            (OperatorConfig(), "ghcr.io/modelservice/converter:0.1.0", "ghcr.io/modelservice/converter:0.1.0-gpu"),
+            (
+                OperatorConfig(
+                    converter_image="registry.local/conv:1",
+                    converter_gpu_image="registry.local/conv-gpu:1@sha256:" + "b" * 64,
+                    converter_image_pull_policy="Always",
+                ),
+                "registry.local/conv:1",
+                "registry.local/conv-gpu:1@sha256:" + "b" * 64,
+            ),
+        ]:
+            (container,) = build_job(ms, config)["spec"]["template"]["spec"]["containers"]
+            assert container["image"] == (gpu_image if gpu else cpu_image)
+            assert ("nvidia.com/gpu" in container["resources"]["limits"]) is gpu
+            assert container["imagePullPolicy"] == config.converter_image_pull_policy
+
+    def test_gpu_image_from_the_environment(self) -> None:
+        config = OperatorConfig.from_env({"MODELSERVICE_CONVERTER_GPU_IMAGE": "registry.local/conv:2-gpu"})
+        (container,) = build_job(sample("gpu"), config)["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == "registry.local/conv:2-gpu"
+        (container,) = build_job(sample("cpu"), config)["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == OperatorConfig().converter_image
 
     def test_configmap_round_trips(self) -> None:
         configmap = build_configmap(self.ms)

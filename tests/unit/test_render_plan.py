@@ -172,12 +172,14 @@ class TestOperatorConfigFromEnv:
         config = OperatorConfig.from_env(
             {
                 "MODELSERVICE_CONVERTER_IMAGE": "registry.local/conv:2",
+                "MODELSERVICE_CONVERTER_GPU_IMAGE": "registry.local/conv:2-gpu",
                 "MODELSERVICE_JOB_BACKOFF_LIMIT": "0",
                 "MODELSERVICE_OWN_CREATED_PVC": "false",
                 "UNRELATED": "x",
             }
         )
         assert config.converter_image == "registry.local/conv:2"
+        assert config.converter_gpu_image == "registry.local/conv:2-gpu"
         assert config.job_backoff_limit == 0 and config.own_created_pvc is False
         assert config.pvc_root == OperatorConfig().pvc_root
 
@@ -188,6 +190,7 @@ class TestOperatorConfigFromEnv:
             ("MODELSERVICE_JOB_BACKOFF_LIMIT", "-1"),
             ("MODELSERVICE_OWN_CREATED_PVC", "maybe"),
             ("MODELSERVICE_CONVERTER_IMAGE", ""),
+            ("MODELSERVICE_CONVERTER_GPU_IMAGE", ""),
             ("MODELSERVICE_CONVERTER_REQUESTS", "cpu=1"),
         ],
     )

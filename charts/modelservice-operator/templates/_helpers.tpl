@@ -45,12 +45,13 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
-{{/* REPOSITORY@DIGEST, or REPOSITORY:TAG (tag defaults to the appVersion). Argument: dict image, root. */}}
+{{/* REPOSITORY@DIGEST, or REPOSITORY:TAG (tag defaults to the appVersion plus the optional tagSuffix).
+Argument: dict image, root, and optionally tagSuffix (e.g. "-gpu"). */}}
 {{- define "modelservice-operator.imageRef" -}}
 {{- if .image.digest }}
 {{- printf "%s@%s" .image.repository .image.digest }}
 {{- else }}
-{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- printf "%s:%s" .image.repository (default (printf "%s%s" .root.Chart.AppVersion (.tagSuffix | default "")) .image.tag) }}
 {{- end }}
 {{- end }}
 

@@ -37,6 +37,12 @@ def conversion_needs_gpu(ms: ModelService) -> bool:
     return conversion.target == "tensorrt" or (conversion.target == "torchscript" and conversion.precision == "fp16")
 
 
+def converter_image(ms: ModelService, config: OperatorConfig = DEFAULT_CONFIG) -> str:
+    """The image of the conversion Job: the GPU converter (CUDA, TensorRT) when the conversion needs a GPU, else the
+    CPU converter (a CPU conversion never pulls the CUDA image)."""
+    return config.converter_gpu_image if conversion_needs_gpu(ms) else config.converter_image
+
+
 def convert_command(ms: ModelService) -> list[str]:
     """The converter's command line. The compact JSON summary goes to the termination log, where the operator
     reads it from the pod status (Kubernetes keeps at most 4096 bytes of it); the conversion cache lives on the
@@ -92,7 +98,7 @@ def _container(ms: ModelService, config: OperatorConfig, mounts: list[dict[str, 
         limits[GPU_RESOURCE] = 1
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": config.converter_image,
+        "image": converter_image(ms, config),
         "imagePullPolicy": config.converter_image_pull_policy,
         "command": convert_command(ms),
         "env": [

@@ -20,7 +20,12 @@ JobState = Literal["running", "succeeded", "failed"]
 class OperatorConfig:
     """Operator-wide settings (environment variables / flags of ``modelservice run``)."""
 
+    # The converter image of conversion Jobs that need no GPU (docker/Dockerfile.converter: torch CPU).
     converter_image: str = "ghcr.io/modelservice/converter:0.1.0"
+    # The converter image of conversion Jobs that need a GPU (render/job.py: conversion_needs_gpu, i.e. target
+    # tensorrt or torchscript fp16): docker/Dockerfile.converter-gpu (CUDA, TensorRT), tagged <version>-gpu.
+    converter_gpu_image: str = "ghcr.io/modelservice/converter:0.1.0-gpu"
+    # Pull policy of both converter images.
     converter_image_pull_policy: str = "IfNotPresent"
     # Where pvc:// claims are mounted inside conversion Jobs (convert/fetch.py maps
     # pvc://CLAIM/PATH -> $MODELSERVICE_PVC_ROOT/CLAIM/PATH).
