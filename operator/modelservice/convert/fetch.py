@@ -4,7 +4,10 @@ Downloads stream into a temporary file beside the destination, are size-limited
 (``MODELSERVICE_MAX_DOWNLOAD_BYTES``, default 64 GiB), are checked against ``sha256`` when one is given, and
 are renamed into place only when complete. Archives (.tar.gz, .tgz, .tar, .zip) are unpacked with every
 member checked (see archive.py). http(s) redirects are followed only to http(s), and link-local / cloud
-metadata addresses are refused unless ``MODELSERVICE_ALLOW_PRIVATE_FETCH=1``.
+metadata addresses are refused unless ``MODELSERVICE_ALLOW_PRIVATE_FETCH=1``. Each hop's host is resolved once
+and the connection goes to an address that was checked (no second lookup a rebinding DNS server could answer
+differently); https certificates are still verified against the host name, with the CA bundle from
+``REQUESTS_CA_BUNDLE`` (else certifi's). http(s) downloads connect directly: proxy variables are not used.
 
 ``pvc://CLAIM/PATH`` is the path ``$MODELSERVICE_PVC_ROOT/CLAIM/PATH`` (default ``/mnt/pvc``): the conversion
 Job mounts each claim there. s3:// and gs:// go through fsspec (s3fs/gcsfs, the ``cloud`` extra), with
@@ -13,17 +16,20 @@ credentials from the environment (the Job maps the ModelService's credentials Se
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib
 import ipaddress
 import os
 import shutil
 import socket
+import ssl
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 from urllib.parse import unquote, urljoin, urlsplit
 
 from modelservice.api.errors import UserError
@@ -32,7 +38,11 @@ from modelservice.convert.archive import is_archive, unpack
 from modelservice.convert.digest import CHUNK, path_sha256
 from modelservice.convert.progress import Progress
 
+if TYPE_CHECKING:
+    from urllib3 import BaseHTTPResponse
+
 MAX_REDIRECTS = 5
+REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 BLOCKED_NETWORKS = [
     ipaddress.ip_network("169.254.0.0/16"),  # link-local, AWS/GCP/Azure metadata 169.254.169.254
     ipaddress.ip_network("fe80::/10"),  # IPv6 link-local
@@ -180,72 +190,195 @@ def _file_name(url_path: str) -> str:
 # --------------------------------------------------------------------------------------------- http
 
 
-def check_url(url: str, field: str = "spec.model.uri") -> None:
-    """Refuse non-http(s) URLs and hosts that resolve to link-local or cloud metadata addresses."""
+def check_url(url: str, field: str = "spec.model.uri") -> list[str]:
+    """Refuse non-http(s) URLs and hosts that resolve to link-local or cloud metadata addresses; return the
+    addresses the host resolved to (each one checked), which are the only ones the download connects to.
+
+    The host is resolved here once: connecting to one of these addresses (not to the name, which a hostile DNS
+    server could answer differently a moment later: DNS rebinding) is what makes the check hold. With
+    ``MODELSERVICE_ALLOW_PRIVATE_FETCH=1`` nothing is refused, but the addresses are still resolved and pinned.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise UserError(f"{field}: {url}: only http(s) URLs may be fetched (redirects included)")
-    host = (parts.hostname or "").lower().rstrip(".")
-    if not host:
-        raise UserError(f"{field}: {url}: URL has no host")
-    if private_fetch_allowed():
-        return
-    if host in BLOCKED_HOSTS:
+    host = _ascii_host(url, field)
+    try:
+        port = parts.port or _default_port(parts.scheme)
+    except ValueError:
+        raise UserError(f"{field}: {url}: invalid port in the URL") from None
+    allowed = private_fetch_allowed()
+    if not allowed and host in BLOCKED_HOSTS:
         raise UserError(f"{field}: {url}: host {host} is a cloud metadata service; refused")
     try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UserError(f"{field}: {url}: cannot resolve host {host}: {exc.strerror}") from None
+    addresses: list[str] = []
     for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        raw = str(info[4][0])
+        address = ipaddress.ip_address(raw.split("%", 1)[0])
         mapped = getattr(address, "ipv4_mapped", None)
         for candidate in (address, mapped):
-            if candidate is not None and any(candidate in net for net in BLOCKED_NETWORKS):
+            if not allowed and candidate is not None and any(candidate in net for net in BLOCKED_NETWORKS):
                 raise UserError(
                     f"{field}: {url}: {host} resolves to {address}, a link-local/metadata address; refused "
                     "(set MODELSERVICE_ALLOW_PRIVATE_FETCH=1 to allow)"
                 )
+        if raw not in addresses:
+            addresses.append(raw)
+    if not addresses:
+        raise UserError(f"{field}: {url}: cannot resolve host {host}: no addresses")
+    return addresses
+
+
+def ca_bundle() -> str:
+    """The CA certificates https downloads are verified against: ``REQUESTS_CA_BUNDLE`` (a file or a folder;
+    ``CURL_CA_BUNDLE`` as a fallback, as requests reads them), else certifi's bundle."""
+    configured = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if configured:
+        return configured
+    import certifi
+
+    return certifi.where()
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
+def _ascii_host(url: str, field: str) -> str:
+    """The URL's host name, lower-case, without a trailing dot, IDNA-encoded (for DNS, SNI and Host alike)."""
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    if not host:
+        raise UserError(f"{field}: {url}: URL has no host")
+    try:
+        return host if host.isascii() else host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise UserError(f"{field}: {url}: host {host} is not a valid host name") from None
+
+
+def _host_header(url: str, field: str = "spec.model.uri") -> str:
+    """The ``Host`` header for ``url``: the host name (IPv6 literals in brackets), with the port unless default."""
+    parts = urlsplit(url)
+    host = _ascii_host(url, field)
+    name = f"[{host}]" if ":" in host else host
+    return name if parts.port in (None, _default_port(parts.scheme)) else f"{name}:{parts.port}"
 
 
 def _http_headers(url: str, original: str) -> dict[str, str]:
+    headers = {"Host": _host_header(url), "Accept-Encoding": "identity"}
+    parts = urlsplit(url)
     token = os.environ.get("MODELSERVICE_HTTP_BEARER_TOKEN")
     # The token goes only to the host the user named, never to a redirect target elsewhere.
-    if token and urlsplit(url).netloc == urlsplit(original).netloc:
-        return {"Authorization": f"Bearer {token}"}
-    return {}
+    if token and parts.netloc == urlsplit(original).netloc:
+        headers["Authorization"] = f"Bearer {token}"
+    if parts.username is not None:  # user:password@ in the URL wins, as it did with requests
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+    return headers
+
+
+def _tls_context(uri: str, field: str) -> ssl.SSLContext:
+    bundle = ca_bundle()
+    try:
+        if os.path.isdir(bundle):
+            return ssl.create_default_context(capath=bundle)
+        return ssl.create_default_context(cafile=bundle)
+    except OSError as exc:
+        raise UserError(f"{field}: {uri}: cannot load the CA bundle {bundle}: {exc}".splitlines()[0]) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+@contextmanager
+def _pinned_get(
+    url: str, addresses: list[str], headers: dict[str, str], uri: str, field: str
+) -> Iterator[BaseHTTPResponse]:
+    """GET ``url`` from the first of ``addresses`` that accepts a connection (never resolving the host again).
+
+    The URL's host name is sent as ``Host`` and, for https, as the TLS server name: the certificate is verified
+    against the name (SNI + hostname check, ``ca_bundle()``), not against the address. Redirects are not
+    followed here. Proxies (``HTTP(S)_PROXY``) are not used: the download connects directly to the address.
+    """
+    import urllib3
+    from urllib3.exceptions import ConnectTimeoutError, HTTPError
+
+    parts = urlsplit(url)
+    port = parts.port or _default_port(parts.scheme)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    context = _tls_context(uri, field) if parts.scheme == "https" else None
+    timeout = urllib3.Timeout(connect=15, read=120)
+    failure: Exception | None = None
+    for address in addresses:
+        pool: urllib3.HTTPConnectionPool
+        if context is not None:
+            pool = urllib3.HTTPSConnectionPool(
+                address, port, maxsize=1, ssl_context=context, server_hostname=_ascii_host(url, field)
+            )
+        else:
+            pool = urllib3.HTTPConnectionPool(address, port, maxsize=1)
+        with pool:
+            try:
+                response = pool.urlopen(
+                    "GET",
+                    target,
+                    headers=headers,
+                    retries=False,
+                    redirect=False,
+                    assert_same_host=False,
+                    preload_content=False,
+                    timeout=timeout,
+                )
+            except ConnectTimeoutError as exc:  # includes NewConnectionError: try the next checked address
+                failure = exc
+                continue
+            except HTTPError as exc:
+                raise UserError(f"{field}: {uri}: request failed: {_one_line(exc)}") from None
+            try:
+                yield response
+            finally:
+                response.close()
+            return
+    reason = _one_line(failure) if failure is not None else "no address to connect to"
+    raise UserError(f"{field}: {uri}: request failed: {reason}")
 
 
 def _http_download(uri: str, target: Path, progress: Progress, field: str) -> str:
-    import requests
+    """Download ``uri`` following up to MAX_REDIRECTS http(s) redirects; each hop's host is resolved and checked
+    once (check_url) and the connection goes to a checked address (see _pinned_get)."""
+    from urllib3.exceptions import HTTPError
 
     limit = max_download_bytes()
     current = uri
-    with requests.Session() as session:
-        for _ in range(MAX_REDIRECTS + 1):
-            check_url(current, field)
+    for _ in range(MAX_REDIRECTS + 1):
+        addresses = check_url(current, field)
+        with _pinned_get(current, addresses, _http_headers(current, uri), uri, field) as response:
+            location = response.headers.get("location")
+            if response.status in REDIRECT_STATUSES and location is not None:
+                current = urljoin(current, location)
+                continue
+            if response.status != 200:
+                raise UserError(f"{field}: {uri}: HTTP {response.status} {response.reason or ''}".rstrip())
+            declared = response.headers.get("content-length")
+            total = int(declared) if declared and declared.isdigit() else None
+            if total is not None and total > limit:
+                raise UserError(f"{field}: {uri}: {total} bytes exceeds the download limit of {limit} bytes")
             try:
-                response = session.get(
-                    current, stream=True, allow_redirects=False, timeout=(15, 120), headers=_http_headers(current, uri)
+                # decode_content=False: the bytes as served (Accept-Encoding: identity), so digests and
+                # Content-Length refer to the same thing.
+                return _stream_to_file(
+                    response.stream(CHUNK, decode_content=False),
+                    target,
+                    total=total,
+                    limit=limit,
+                    label=uri,
+                    progress=progress,
                 )
-            except requests.RequestException as exc:
-                raise UserError(f"{field}: {uri}: request failed: {type(exc).__name__}: {exc}") from None
-            with response:
-                if response.is_redirect:
-                    current = urljoin(current, response.headers.get("location", ""))
-                    continue
-                if response.status_code != 200:
-                    raise UserError(f"{field}: {uri}: HTTP {response.status_code} {response.reason}")
-                declared = response.headers.get("content-length")
-                total = int(declared) if declared and declared.isdigit() else None
-                if total is not None and total > limit:
-                    raise UserError(f"{field}: {uri}: {total} bytes exceeds the download limit of {limit} bytes")
-                try:
-                    return _stream_to_file(
-                        response.iter_content(CHUNK), target, total=total, limit=limit, label=uri, progress=progress
-                    )
-                except requests.RequestException as exc:
-                    raise UserError(f"{field}: {uri}: download interrupted (truncated): {type(exc).__name__}") from None
-        raise UserError(f"{field}: {uri}: more than {MAX_REDIRECTS} redirects")
+            except HTTPError as exc:
+                raise UserError(f"{field}: {uri}: download interrupted (truncated): {type(exc).__name__}") from None
+    raise UserError(f"{field}: {uri}: more than {MAX_REDIRECTS} redirects")
 
 
 def _stream_to_file(
