@@ -114,6 +114,7 @@ def torch_latency(model: Any, batch: np.ndarray, threads: int, rounds: int = 30)
 
 def bench_model(kind: str, workdir: Path, seconds: float) -> dict[str, Any]:
     from modelservice.convert.measure import interleaved_latency
+    from modelservice.convert.verify import ort_runner
 
     split = _digits.load_split()
     model = trained(kind)
@@ -141,8 +142,9 @@ def bench_model(kind: str, workdir: Path, seconds: float) -> dict[str, Any]:
         paths[name] = path
     x1, x32 = split.x_test[:1], split.x_test[:32]
     print(f"{kind}: measuring", file=sys.stderr, flush=True)
-    lat1 = interleaved_latency(paths, {"image": x1}, threads=1, budget_s=seconds)
-    lat32 = {t: interleaved_latency(paths, {"image": x32}, threads=t, budget_s=seconds) for t in (1, 2)}
+    runners = {t: {name: ort_runner(path, t) for name, path in paths.items()} for t in (1, 2)}
+    lat1 = interleaved_latency(runners[1], {"image": x1}, budget_s=seconds)
+    lat32 = {t: interleaved_latency(runners[t], {"image": x32}, budget_s=seconds) for t in (1, 2)}
     for name in rows:
         rows[name]["latencyBatch1Ms"] = round(lat1[name], 4)
         for t in (1, 2):

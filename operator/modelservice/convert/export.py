@@ -1,4 +1,4 @@
-"""Export torch models to ONNX (dynamic batch axis) or TorchScript; TensorRT prerequisites.
+"""Export torch models to ONNX (dynamic batch axis) or TorchScript.
 
 ONNX exporter choice: the dynamo exporter (``torch.export`` + onnxscript, torch's default) is tried first. It
 constant-folds and inlines weights as initializers feeding MatMul/Gemm/Conv directly, which is what ONNX
@@ -186,17 +186,3 @@ def load_torchscript(path: Path) -> Any:
     module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     module.eval()
     return module
-
-
-def tensorrt_missing() -> list[str]:
-    """What this machine lacks to build a TensorRT plan (empty when it can)."""
-    import importlib.util
-
-    import torch
-
-    missing = []
-    if not torch.cuda.is_available():
-        missing.append("an NVIDIA GPU with CUDA (torch.cuda.is_available() is False)")
-    if importlib.util.find_spec("tensorrt") is None:
-        missing.append("the TensorRT Python package (pip install tensorrt)")
-    return missing

@@ -1,28 +1,25 @@
-"""Latency of ONNX models in ONNX Runtime, measured in interleaved rounds (so a busy machine slows every
-candidate alike) and summarised by the median."""
+"""Latency of converted models (ONNX Runtime sessions, TensorRT engines), measured in interleaved rounds (so a
+busy machine slows every candidate alike) and summarised by the median."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
 from modelservice.convert.tensors import Array
-from modelservice.convert.verify import Runner, ort_runner
+from modelservice.convert.verify import Runner
 
 
 def interleaved_latency(
-    paths: dict[str, Path],
+    runners: dict[str, Runner],
     inputs: dict[str, Array],
     *,
-    threads: int = 1,
     min_rounds: int = 7,
     max_rounds: int = 200,
     budget_s: float = 2.0,
 ) -> dict[str, float]:
-    """Median milliseconds per run of each model on ``inputs`` (one batch)."""
-    runners: dict[str, Runner] = {name: ort_runner(path, threads) for name, path in paths.items()}
+    """Median milliseconds per run of each runner on ``inputs`` (one batch)."""
     for runner in runners.values():  # warm-up: allocations, kernel selection
         runner(inputs)
         runner(inputs)

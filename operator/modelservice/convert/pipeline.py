@@ -1,10 +1,12 @@
 """``modelservice convert``: fetch, load, convert, quantize, verify; write a Triton repository and a report.
 
-Output: ``OUT/<name>/config.pbtxt``, ``OUT/<name>/1/model.onnx|model.pt``, ``OUT/report.json``. Everything is
+Output: ``OUT/<name>/config.pbtxt``, ``OUT/<name>/1/model.onnx|model.pt|model.plan``, ``OUT/report.json``. Everything is
 built in a temporary folder and renamed into place. The conversion hash covers the source digest, the
 data digests and every setting that changes the output (and the tool versions); a cache keyed on it makes a
 repeated conversion a no-op. The same inputs give byte-identical model files and config.pbtxt (``auto``
-picks by measured latency, so its choice can differ between machines; the cache pins it).
+picks by measured latency, so its choice can differ between machines; the cache pins it). TensorRT plans are
+the exception: the builder times kernels, so a rebuild can differ; the cache, keyed on the GPU and TensorRT
+version too, makes a repeated conversion a no-op.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def convert(item: LoadedModelService, out: Path, options: ConvertOptions) -> Rep
     started = time.perf_counter()
     ms = item.model
     progress = Progress(options.progress)
+    _check_target_prerequisites(ms)
     with tempfile.TemporaryDirectory(prefix="modelservice-convert-") as tmp:
         work = Path(tmp)
         timings: dict[str, float] = {}
@@ -109,6 +112,22 @@ def convert(item: LoadedModelService, out: Path, options: ConvertOptions) -> Rep
         write_report(report, ctx.staging / REPORT)
         install(ctx.staging, out, ms.name)
         return report
+
+
+def _check_target_prerequisites(ms: ModelService) -> None:
+    """Fail before any download when the target cannot be built on this machine, or the spec cannot be."""
+    conversion = ms.spec.conversion
+    if conversion.target != "tensorrt" or ms.spec.model.format == "triton-repository":
+        return
+    from modelservice.convert import tensorrt
+
+    if conversion.precision == "int8" and conversion.quantization.method != "static":
+        raise UserError(
+            "spec.conversion.quantization.method: TensorRT runs int8 only from calibrated Q/DQ (explicit "
+            "quantization); use method static with spec.conversion.quantization.calibration"
+        )
+    tensorrt.optimization_profile(ms.spec.model.inputs, ms.spec.serving.max_batch_size, 1)
+    tensorrt.require_tensorrt()
 
 
 def _data_files(item: LoadedModelService, work: Path, progress: Progress) -> tuple[Path | None, Path | None]:
@@ -168,6 +187,10 @@ def conversion_hash(ms: ModelService, source_sha256: str, data: Path | None, cal
             "gpu": serving.resources.gpu,
         },
     }
+    if spec.conversion.target == "tensorrt":  # a plan is tied to the TensorRT version and the GPU that built it
+        from modelservice.convert import tensorrt
+
+        settings["tensorrt"] = tensorrt.identity()
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -211,7 +234,7 @@ def _build(ctx: _Context) -> dict[str, Any]:
     elif spec.conversion.target == "torchscript":
         targets.torchscript_target(ctx, model, verify_data, reference, data)
     elif spec.conversion.target == "tensorrt":
-        targets.tensorrt_target(ctx, model, data)
+        targets.tensorrt_target(ctx, model, verify_data, reference, data)
     else:
         targets.onnx_target(ctx, model, verify_data, reference, data)
     return data

@@ -140,7 +140,17 @@ class _CalibrationReader:
         self._index = 0
 
 
-def quantize_int8_static(prepared: Path, target: Path, calibration: dict[str, Array]) -> None:
+# TensorRT's explicit quantization: symmetric int8 scales, and biases left in float (its DequantizeLinear takes
+# int8, not the int32 biases ONNX Runtime's CPU recipe produces; TensorRT fuses the float bias itself).
+_TENSORRT_QDQ = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+
+
+def quantize_int8_static(
+    prepared: Path, target: Path, calibration: dict[str, Array], *, symmetric: bool = False
+) -> None:
+    """QDQ int8. ``symmetric``: int8 activations and weights with zero points of 0, the full 8-bit range and
+    float biases, the int8 TensorRT accepts (see ``_TENSORRT_QDQ``); otherwise ONNX Runtime's CPU
+    recipe (uint8 activations, 7-bit weights, see the module)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(_CalibrationReader, CalibrationDataReader):  # type: ignore[misc]
@@ -154,9 +164,10 @@ def quantize_int8_static(prepared: Path, target: Path, calibration: dict[str, Ar
                 Reader(calibration),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                reduce_range=True,
-                activation_type=QuantType.QUInt8,
+                reduce_range=not symmetric,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                extra_options=_TENSORRT_QDQ if symmetric else None,
             )
     except Exception as exc:
         raise UserError(

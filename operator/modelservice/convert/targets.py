@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from modelservice.api.errors import UserError
 from modelservice.api.models import ModelService, TensorSpec
 from modelservice.convert.digest import file_sha256
-from modelservice.convert.export import export_onnx, export_torchscript, load_torchscript, tensorrt_missing
+from modelservice.convert.export import export_onnx, export_torchscript, load_torchscript
 from modelservice.convert.load import LoadedModel, run_torch
 from modelservice.convert.repository import (
     CONFIG_FILE,
@@ -31,7 +31,7 @@ from modelservice.convert.variants import (
     serving_batch,
     verify_variant,
 )
-from modelservice.convert.verify import VerifyData, check_against_spec, load_npz, run_batched
+from modelservice.convert.verify import Runner, VerifyData, check_against_spec, load_npz, run_batched
 
 if TYPE_CHECKING:
     from modelservice.convert.pipeline import _Context
@@ -74,7 +74,27 @@ def onnx_target(
     ctx: _Context, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
 ) -> None:
     ms = ctx.ms
-    conversion = ms.spec.conversion
+    fp32 = _export_onnx(ctx, model, data)
+    calibration = _calibration(ctx, model)
+    inputs = VariantInputs(fp32, ctx.work, verify_data.inputs, verify_data.labels, reference, calibration)
+    t0 = time.perf_counter()
+    variants: list[Variant] = []
+    for name, precision, method in requested_variants(ms, calibration is not None):
+        variant = build_variant(name, precision, method, inputs, ctx.progress)
+        ctx.progress.step("verify", f"{name}: comparing with the original on {verify_data.description}")
+        verify_variant(variant, inputs, ms)
+        variants.append(variant)
+    ctx.timings["quantizeVerifySeconds"] = time.perf_counter() - t0
+    chosen = _pick(ctx, variants, inputs, data)
+    target = _write_model(ctx, "onnx", chosen.path, model)
+    data["artifact"] = _artifact(ctx, target, "onnx", chosen.precision, chosen.method)
+    assert chosen.check is not None
+    data["verification"] = _verification(chosen.check.as_status(), ms, verify_data)
+
+
+def _export_onnx(ctx: _Context, model: LoadedModel, data: dict[str, Any]) -> Path:
+    """The fp32 ONNX every variant starts from: exported from torch, or the ONNX source itself."""
+    conversion = ctx.ms.spec.conversion
     fp32 = ctx.work / "exported.onnx"
     t0 = time.perf_counter()
     if model.is_torch:
@@ -86,22 +106,30 @@ def onnx_target(
         shutil.copyfile(model.file, fp32)
         data["export"] = {"exporter": "none (onnx source)"}
     ctx.timings["exportSeconds"] = time.perf_counter() - t0
-    calibration = _calibration(ctx, model)
-    inputs = VariantInputs(fp32, ctx.work, verify_data.inputs, verify_data.labels, reference, calibration)
-    t0 = time.perf_counter()
-    variants: list[Variant] = []
-    for name, precision, method in requested_variants(ms, calibration is not None):
-        variant = build_variant(name, precision, method, inputs, ctx.progress)
-        ctx.progress.step("verify", f"{name}: comparing with the original on {verify_data.description}")
-        verify_variant(variant, inputs, ms)
-        variants.append(variant)
-    ctx.timings["quantizeVerifySeconds"] = time.perf_counter() - t0
+    return fp32
+
+
+def _pick(
+    ctx: _Context,
+    variants: list[Variant],
+    inputs: VariantInputs,
+    data: dict[str, Any],
+    runners: dict[str, Runner] | None = None,
+) -> Variant:
+    """The requested variant, or for ``auto`` the fastest that passed; fills the report's candidates and choice."""
+    conversion = ctx.ms.spec.conversion
     if conversion.precision == "auto":
         t0 = time.perf_counter()
-        batch = serving_batch(ms)
-        passing = [v for v in variants if v.passed or v.name == "fp32"]
+        batch = serving_batch(ctx.ms)
+        passing = [v for v in variants if v.passed or (v.name == "fp32" and v.check is not None)]
         ctx.progress.step("measure", f"latency of {', '.join(v.name for v in passing)} at batch 1 and {batch}")
-        measure(passing, inputs, batch, ctx.options.measure_seconds)
+        measure(
+            passing,
+            inputs,
+            batch,
+            ctx.options.measure_seconds,
+            runners={v.name: runners[v.name] for v in passing} if runners is not None else None,
+        )
         chosen, reason = choose(variants, batch)
         if not chosen.passed:
             assert chosen.check is not None
@@ -121,10 +149,7 @@ def onnx_target(
         data["notes"].append(f"{chosen.name}: {chosen.note}")
     data["candidates"] = [v.as_dict() for v in variants]
     data["chosen"] = {"name": chosen.name, "precision": chosen.precision, "method": chosen.method, "reason": reason}
-    target = _write_model(ctx, "onnx", chosen.path, model)
-    data["artifact"] = _artifact(ctx, target, "onnx", chosen.precision, chosen.method)
-    assert chosen.check is not None
-    data["verification"] = _verification(chosen.check.as_status(), ms, verify_data)
+    return chosen
 
 
 def _verification(status: dict[str, Any], ms: ModelService, verify_data: VerifyData) -> dict[str, Any]:
@@ -184,16 +209,63 @@ def torchscript_target(
 # -------------------------------------------------------------------------------------------- tensorrt
 
 
-def tensorrt_target(ctx: _Context, model: LoadedModel, data: dict[str, Any]) -> None:
-    missing = tensorrt_missing()
-    if missing:
-        raise UserError(
-            f"spec.conversion.target: tensorrt needs {' and '.join(missing)}; "
-            "this machine has neither, use target onnx here (the operator runs tensorrt conversions on GPU nodes)"
-            if len(missing) == 2
-            else f"spec.conversion.target: tensorrt needs {missing[0]}"
-        )
-    raise UserError("spec.conversion.target: building TensorRT plans is not implemented yet; use target onnx")
+def tensorrt_target(
+    ctx: _Context, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
+) -> None:
+    """Plans built from the ONNX variants (see convert/tensorrt.py), each verified on the GPU against the
+    original; ``auto`` measures the plans and picks as for ONNX."""
+    from modelservice.convert import tensorrt
+
+    tensorrt.require_tensorrt()
+    ms = ctx.ms
+    max_batch = ms.spec.serving.max_batch_size
+    profiles = tensorrt.optimization_profile(model.inputs, max_batch, serving_batch(ms))
+    data["tensorrt"] = {
+        **(tensorrt.identity() or {}),
+        "profile": {p.name: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for p in profiles},
+    }
+    fp32 = _export_onnx(ctx, model, data)
+    calibration = _calibration(ctx, model)
+    inputs = VariantInputs(fp32, ctx.work, verify_data.inputs, verify_data.labels, reference, calibration)
+    outputs = [t.name for t in model.outputs]
+    t0 = time.perf_counter()
+    variants: list[Variant] = []
+    runners: dict[str, Runner] = {}
+    for name, precision, method in requested_variants(ms, calibration is not None, tensorrt=True):
+        variant = build_variant(name, precision, method, inputs, ctx.progress, symmetric=True)
+        variants.append(variant)
+        if variant.note.startswith("not quantized"):
+            continue
+        ctx.progress.step("convert", f"{name}: building the TensorRT plan (batch 1..{max_batch})")
+        started = time.perf_counter()
+        try:
+            built = tensorrt.build_plan(variant.path, ctx.work / f"{name}.plan", profiles)
+        except UserError as exc:
+            if ms.spec.conversion.precision != "auto" or name == "fp32":
+                raise
+            variant.note = f"not built: {exc}"
+            continue
+        variant.build_seconds += time.perf_counter() - started
+        variant.path = built.plan
+        data["notes"] += [f"{name} plan: {m}" for m in built.messages[:5]]
+        runners[name] = tensorrt.plan_runner(built.plan, outputs)
+        ctx.progress.step("verify", f"{name} plan: comparing with the original on {verify_data.description}")
+        verify_variant(variant, inputs, ms, runners[name], batch=min(64, max_batch))
+    base = next((v for v in variants if v.name == "fp32" and v.path.suffix == ".plan"), None)
+    for variant in variants:  # plan sizes compare with the fp32 plan, not with the ONNX file
+        variant.fp32_bytes = base.path.stat().st_size if base is not None and variant.path.suffix == ".plan" else 0
+    ctx.timings["quantizeBuildVerifySeconds"] = time.perf_counter() - t0
+    chosen = _pick(ctx, variants, inputs, data, runners)
+    identity = data["tensorrt"]
+    data["notes"].append(
+        f"the plan runs only with TensorRT {identity.get('version')} on GPUs of compute capability "
+        f"{identity.get('computeCapability')} (built on {identity.get('device')}): serve it with the Triton "
+        "release that ships this TensorRT version, on the same kind of GPU"
+    )
+    target = _write_model(ctx, "tensorrt", chosen.path, model)
+    data["artifact"] = _artifact(ctx, target, "tensorrt", chosen.precision, chosen.method)
+    assert chosen.check is not None
+    data["verification"] = _verification(chosen.check.as_status(), ms, verify_data)
 
 
 # ------------------------------------------------------------------------------------------- pass-through

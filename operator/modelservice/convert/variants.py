@@ -28,7 +28,7 @@ from modelservice.convert.quantize import (
     to_fp16,
 )
 from modelservice.convert.tensors import Array, batch_slice
-from modelservice.convert.verify import Check, check_against_spec, ort_runner, run_batched
+from modelservice.convert.verify import Check, Runner, check_against_spec, ort_runner, run_batched
 
 SPEEDUP_MARGIN = 0.05
 VERIFY_BATCH = 64
@@ -88,8 +88,11 @@ class VariantInputs:
     calibration: dict[str, Array] | None
 
 
-def requested_variants(ms: ModelService, has_calibration: bool) -> list[tuple[str, str, str | None]]:
-    """(name, precision, method) of the variants to build for the spec's precision."""
+def requested_variants(
+    ms: ModelService, has_calibration: bool, *, tensorrt: bool = False
+) -> list[tuple[str, str, str | None]]:
+    """(name, precision, method) of the variants to build for the spec's precision. TensorRT takes int8 only
+    as calibrated Q/DQ (explicit quantization), so for it ``auto`` has no int8 dynamic candidate."""
     conversion = ms.spec.conversion
     if conversion.precision == "fp32":
         return [("fp32", "fp32", None)]
@@ -101,14 +104,25 @@ def requested_variants(ms: ModelService, has_calibration: bool) -> list[tuple[st
     variants: list[tuple[str, str, str | None]] = [
         ("fp32", "fp32", None),
         ("fp16", "fp16", None),
-        ("int8-dynamic", "int8", "dynamic"),
     ]
+    if not tensorrt:
+        variants.append(("int8-dynamic", "int8", "dynamic"))
     if has_calibration:
         variants.append(("int8-static", "int8", "static"))
     return variants
 
 
-def build_variant(name: str, precision: str, method: str | None, inputs: VariantInputs, progress: Progress) -> Variant:
+def build_variant(
+    name: str,
+    precision: str,
+    method: str | None,
+    inputs: VariantInputs,
+    progress: Progress,
+    *,
+    symmetric: bool = False,
+) -> Variant:
+    """The ONNX file of one variant; ``symmetric`` int8 (zero points 0, int8 activations) is what TensorRT
+    takes."""
     started = time.perf_counter()
     path = inputs.workdir / f"{name}.onnx"
     variant = Variant(name, precision, method, path)
@@ -126,8 +140,9 @@ def build_variant(name: str, precision: str, method: str | None, inputs: Variant
         if method == "static":
             if inputs.calibration is None:
                 raise UserError("conversion.quantization.calibration: required for int8 static quantization")
-            progress.step("quantize", "int8 static (QDQ): calibrating activation ranges")
-            quantize_int8_static(prepared, path, inputs.calibration)
+            kind = "symmetric int8 for TensorRT" if symmetric else "QDQ"
+            progress.step("quantize", f"int8 static ({kind}): calibrating activation ranges")
+            quantize_int8_static(prepared, path, inputs.calibration, symmetric=symmetric)
         else:
             progress.step("quantize", "int8 dynamic: quantizing weights")
             quantize_int8_dynamic(prepared, path)
@@ -146,9 +161,12 @@ def build_variant(name: str, precision: str, method: str | None, inputs: Variant
     return variant
 
 
-def verify_variant(variant: Variant, inputs: VariantInputs, ms: ModelService) -> None:
+def verify_variant(
+    variant: Variant, inputs: VariantInputs, ms: ModelService, runner: Runner | None = None, batch: int = VERIFY_BATCH
+) -> None:
+    """Check ``variant`` against the reference outputs, run by ``runner`` (default: ONNX Runtime on its file)."""
     verification = ms.spec.conversion.verification
-    outputs = run_batched(ort_runner(variant.path), inputs.verify_inputs, VERIFY_BATCH)
+    outputs = run_batched(runner or ort_runner(variant.path), inputs.verify_inputs, batch)
     variant.check = check_against_spec(
         inputs.reference, outputs, inputs.labels, precision=variant.precision, spec=verification
     )
@@ -158,12 +176,20 @@ def serving_batch(ms: ModelService) -> int:
     return max(1, min(ms.spec.serving.max_batch_size, 32))
 
 
-def measure(variants: list[Variant], inputs: VariantInputs, batch: int, budget_s: float = 2.0) -> None:
-    """Median latency at batch 1 and ``batch`` of every variant (interleaved)."""
+def measure(
+    variants: list[Variant],
+    inputs: VariantInputs,
+    batch: int,
+    budget_s: float = 2.0,
+    runners: dict[str, Runner] | None = None,
+) -> None:
+    """Median latency at batch 1 and ``batch`` of every variant (interleaved), run by ``runners`` (by variant
+    name; default: ONNX Runtime on each variant's file)."""
     from modelservice.convert.tensors import batch_count
 
     available = batch_count(inputs.verify_inputs)
-    paths = {v.name: v.path for v in variants}
+    if runners is None:
+        runners = {v.name: ort_runner(v.path) for v in variants}
     for size in sorted({1, batch}):
         sample = batch_slice(inputs.verify_inputs, 0, size)
         if available < size:  # few verification samples: repeat them to fill the batch
@@ -171,7 +197,7 @@ def measure(variants: list[Variant], inputs: VariantInputs, batch: int, budget_s
 
             reps = -(-size // available)
             sample = {k: np.concatenate([v] * reps)[:size] for k, v in inputs.verify_inputs.items()}
-        for name, ms_value in interleaved_latency(paths, sample, budget_s=budget_s).items():
+        for name, ms_value in interleaved_latency(runners, sample, budget_s=budget_s).items():
             next(v for v in variants if v.name == name).latency_ms[f"batch{size}"] = ms_value
 
 
@@ -188,8 +214,8 @@ def choose(variants: list[Variant], batch: int) -> tuple[Variant, str]:
         if not variant.passed:
             why = (
                 variant.note
-                if variant.note.startswith("not quantized")
-                else "; ".join(variant.check.problems if variant.check else [])
+                if variant.note.startswith(("not quantized", "not built")) or variant.check is None
+                else "; ".join(variant.check.problems)
             )
             reasons.append(f"{variant.name} rejected ({why or 'failed verification'})")
             continue

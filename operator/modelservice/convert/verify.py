@@ -113,10 +113,16 @@ def run_batched(runner: Runner, inputs: dict[str, Array], batch: int) -> list[Ar
     return [np.concatenate([chunk[i] for chunk in outputs]) for i in range(len(outputs[0]))]
 
 
-def ort_runner(path: Path, threads: int = 1) -> Runner:
+def ort_runner(path: Path, threads: int = 1, *, optimize: bool = True) -> Runner:
+    """ONNX Runtime on the CPU. ``optimize=False`` keeps the graph as written: Q/DQ pairs then run as quantize-
+    dequantize in float (simulated quantization, the arithmetic of an exact int32-accumulating engine such as
+    TensorRT) instead of being fused into CPU int8 kernels, whose 16-bit intermediate sums saturate on CPUs
+    without VNNI."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3

@@ -1,0 +1,136 @@
+"""The TensorRT target's GPU-free half, run for real on this CPU: the spec rules it enforces before any
+download, the optimization profile, and the symmetric int8 Q/DQ graph it hands to TensorRT (checked with ONNX
+and ONNX Runtime). Building and running plans needs a GPU: tests/gpu/test_tensorrt_gpu.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import _digits
+from modelservice.api.errors import UserError
+from modelservice.api.loader import load_one
+from modelservice.api.models import ModelService, TensorSpec
+from modelservice.convert.export import export_onnx
+from modelservice.convert.load import load_model, run_torch
+from modelservice.convert.pipeline import ConvertOptions, convert
+from modelservice.convert.progress import Progress
+from modelservice.convert.tensorrt import optimization_profile
+from modelservice.convert.variants import VariantInputs, build_variant, requested_variants, verify_variant
+from modelservice.convert.verify import ort_runner, run_batched
+
+
+def spec(shape: list[int], name: str = "image") -> list[TensorSpec]:
+    return [TensorSpec(name=name, dtype="FP32", shape=shape)]
+
+
+def test_profile_spans_batch_one_to_max_and_is_tuned_for_the_serving_batch() -> None:
+    (profile,) = optimization_profile(spec([1, 8, 8]), max_batch=64, opt_batch=32)
+    assert profile.name == "image"
+    assert (profile.min, profile.opt, profile.max) == ((1, 1, 8, 8), (32, 1, 8, 8), (64, 1, 8, 8))
+    (small,) = optimization_profile(spec([10]), max_batch=4, opt_batch=32)
+    assert small.opt == (4, 10) and small.max == (4, 10)
+
+
+def test_profile_refuses_unbatched_serving_and_variable_dimensions() -> None:
+    with pytest.raises(UserError, match=r"^spec.serving.maxBatchSize: target tensorrt builds a plan for batches"):
+        optimization_profile(spec([10]), max_batch=0, opt_batch=1)
+    with pytest.raises(UserError, match=r"^spec.model.inputs\[1\].shape: \[-1, 64\] has a variable dimension"):
+        optimization_profile([*spec([3]), *spec([-1, 64], "tokens")], max_batch=8, opt_batch=8)
+
+
+def test_auto_for_tensorrt_has_no_dynamic_int8_candidate() -> None:
+    ms = ModelService.model_validate(
+        _digits.modelservice(
+            name="d", source="src", target="tensorrt", precision="auto", serving={"resources": {"gpu": 1}}
+        )
+    )
+    assert [n for n, _, _ in requested_variants(ms, True, tensorrt=True)] == ["fp32", "fp16", "int8-static"]
+    assert [n for n, _, _ in requested_variants(ms, False, tensorrt=True)] == ["fp32", "fp16"]
+    assert "int8-dynamic" in [n for n, _, _ in requested_variants(ms, True)]
+
+
+def tensorrt_yaml(tmp_path: Path, **kwargs: Any) -> Path:
+    """A tensorrt ModelService whose source does not exist: a rule checked before the download fires first."""
+    kwargs.setdefault("serving", {"resources": {"gpu": 1}})
+    return _digits.write_modelservice(
+        tmp_path / "ms.yaml", name="digits", source="no-such-folder", kind="mlp", target="tensorrt", **kwargs
+    )
+
+
+def convert_error(yaml_path: Path, out: Path) -> str:
+    with pytest.raises(UserError) as info:
+        convert(load_one(yaml_path), out, ConvertOptions(cache_dir=out.parent / "cache", progress=False))
+    assert not out.exists()
+    return str(info.value)
+
+
+def test_dynamic_int8_for_tensorrt_is_refused_before_anything_is_fetched(tmp_path: Path) -> None:
+    message = convert_error(tensorrt_yaml(tmp_path, precision="int8", method="dynamic"), tmp_path / "out")
+    assert message.startswith("spec.conversion.quantization.method: TensorRT runs int8 only from calibrated Q/DQ")
+
+
+def test_unbatched_tensorrt_is_refused_before_anything_is_fetched(tmp_path: Path) -> None:
+    serving = {"resources": {"gpu": 1}, "maxBatchSize": 0}
+    message = convert_error(tensorrt_yaml(tmp_path, serving=serving), tmp_path / "out")
+    assert message.startswith("spec.serving.maxBatchSize: target tensorrt builds a plan")
+
+
+def test_without_gpu_the_error_comes_before_the_download(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    message = convert_error(tensorrt_yaml(tmp_path), tmp_path / "out")
+    assert message.startswith("spec.conversion.target: tensorrt needs an NVIDIA GPU with CUDA")
+    assert "no-such-folder" not in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_int8_for_tensorrt_is_symmetric_qdq_and_stays_within_the_budget(tmp_path: Path, kind: str) -> None:
+    """What TensorRT's explicit quantization takes: every Q/DQ pair int8 with zero points of 0, biases in float,
+    every weighted operator fed by a DequantizeLinear. Its arithmetic, simulated in float by ONNX Runtime with the
+    graph unfused, stays within the accuracy budget of the original. (Fused into this CPU's int8 kernels, whose
+    16-bit sums saturate without VNNI, the full-range MLP loses more: that is a CPU artefact, not the graph's.)"""
+    folder = _digits.write_source(tmp_path / "src", kind)
+    ms = ModelService.model_validate(
+        _digits.modelservice(
+            name="digits",
+            source="src",
+            kind=kind,
+            target="tensorrt",
+            precision="int8",
+            method="static",
+            serving={"resources": {"gpu": 1}},
+        )
+    )
+    model = load_model(ms.spec.model, folder)
+    fp32 = tmp_path / "exported.onnx"
+    export_onnx(model, fp32, ms.spec.conversion.opset)
+    split = _digits.load_split()
+    x, y = split.x_test, split.y_test
+    reference = run_batched(lambda batch: run_torch(model.module, batch, model.inputs), {"image": x}, 64)
+    calibration = {"image": split.x_train[:256]}
+    inputs = VariantInputs(fp32, tmp_path, {"image": x}, y, reference, calibration)
+
+    variant = build_variant("int8-static", "int8", "static", inputs, Progress(False), symmetric=True)
+
+    graph = onnx.load(str(variant.path)).graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for node in qdq:
+        zero_point = initializers[node.input[2]]
+        assert zero_point.dtype == np.int8, node.name  # no int32 bias: TensorRT dequantizes int8 only
+        assert not zero_point.any(), node.name
+    assert variant.stats is not None and variant.stats.quantized_ops > 0 and variant.stats.float_ops == 0
+    verify_variant(variant, inputs, ms, runner=ort_runner(variant.path, optimize=False))
+    assert variant.check is not None and variant.check.passed, variant.check.problems
+    assert variant.check.accuracy is not None and variant.check.reference_accuracy is not None
+    assert variant.check.reference_accuracy - variant.check.accuracy <= 0.01
