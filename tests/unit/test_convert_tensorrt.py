@@ -4,6 +4,7 @@ and ONNX Runtime). Building and running plans needs a GPU: tests/gpu/test_tensor
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,134 @@ def test_int8_for_tensorrt_is_symmetric_qdq_and_stays_within_the_budget(tmp_path
     assert variant.check is not None and variant.check.passed, variant.check.problems
     assert variant.check.accuracy is not None and variant.check.reference_accuracy is not None
     assert variant.check.reference_accuracy - variant.check.accuracy <= 0.01
+
+
+# ------------------------------------------------------------------ build_plan against a stand-in TensorRT
+# TensorRT cannot run without a GPU. This stand-in implements the few documented Python API calls build_plan
+# makes (Builder, strongly typed network, OnnxParser.parse_from_file, optimization profile, serialization), so
+# the control flow around them (flags, profile shapes, error messages, the atomic write) runs here; the real
+# builder runs in tests/gpu.
+
+
+class _Enum:
+    def __init__(self, **members: int) -> None:
+        self.__dict__.update(members)
+
+
+def fake_tensorrt(*, parse_ok: bool = True, inputs: tuple[str, ...] = ("image",), plan: bytes | None = b"PLAN") -> Any:
+    import types
+
+    calls: dict[str, Any] = {"shapes": {}}
+    trt = types.ModuleType("tensorrt")
+
+    class ILogger:
+        Severity = _Enum(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
+
+        def __init__(self) -> None:
+            pass
+
+    class Tensor:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    class Network:
+        def __init__(self, flags: int) -> None:
+            calls["flags"] = flags
+            self.num_inputs = len(inputs)
+
+        def get_input(self, index: int) -> Tensor:
+            return Tensor(inputs[index])
+
+    class ParserError:
+        def desc(self) -> str:
+            return "UNSUPPORTED_NODE: no importer for op Einsum"
+
+        def node_operator(self) -> str:
+            return "Einsum"
+
+        def node_name(self) -> str:
+            return "/net/Einsum"
+
+        def node(self) -> int:
+            return 3
+
+    class OnnxParser:
+        def __init__(self, network: Network, logger: ILogger) -> None:
+            self.num_errors = 0 if parse_ok else 1
+
+        def parse_from_file(self, path: str) -> bool:
+            calls["onnx"] = path
+            return parse_ok
+
+        def get_error(self, index: int) -> ParserError:
+            return ParserError()
+
+    class Profile:
+        def set_shape(self, name: str, low: tuple[int, ...], opt: tuple[int, ...], high: tuple[int, ...]) -> None:
+            calls["shapes"][name] = (low, opt, high)
+
+    class Config:
+        def set_memory_pool_limit(self, pool: int, limit: int) -> None:
+            calls["workspace"] = limit
+
+        def add_optimization_profile(self, profile: Profile) -> None:
+            calls["profiles"] = calls.get("profiles", 0) + 1
+
+    class Builder:
+        def __init__(self, logger: ILogger) -> None:
+            self.logger = logger
+
+        def create_network(self, flags: int) -> Network:
+            return Network(flags)
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
+        def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
+            if plan is None:
+                self.logger.log(ILogger.Severity.ERROR, "no implementation obeys the type constraints")
+            return plan
+
+    trt.ILogger = ILogger  # type: ignore[attr-defined]
+    trt.Builder = Builder  # type: ignore[attr-defined]
+    trt.OnnxParser = OnnxParser  # type: ignore[attr-defined]
+    trt.NetworkDefinitionCreationFlag = _Enum(STRONGLY_TYPED=5)  # type: ignore[attr-defined]
+    trt.MemoryPoolType = _Enum(WORKSPACE=0)  # type: ignore[attr-defined]
+    trt.calls = calls  # type: ignore[attr-defined]
+    return trt
+
+
+def test_build_plan_makes_a_strongly_typed_network_with_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelservice.convert.tensorrt import WORKSPACE_BYTES, build_plan
+
+    trt = fake_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    profiles = optimization_profile(spec([1, 8, 8]), max_batch=16, opt_batch=8)
+    result = build_plan(tmp_path / "m.onnx", tmp_path / "plans" / "m.plan", profiles)
+    assert result.plan.read_bytes() == b"PLAN" and [p.name for p in result.plan.parent.iterdir()] == ["m.plan"]
+    assert trt.calls["flags"] == 1 << 5 and trt.calls["workspace"] == WORKSPACE_BYTES and trt.calls["profiles"] == 1
+    assert trt.calls["shapes"] == {"image": ((1, 1, 8, 8), (8, 1, 8, 8), (16, 1, 8, 8))}
+
+
+def test_build_plan_errors_are_one_line_and_name_the_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelservice.convert.tensorrt import build_plan
+
+    profiles = optimization_profile(spec([1, 8, 8]), max_batch=16, opt_batch=8)
+    cases = [
+        (fake_tensorrt(parse_ok=False), r"^spec.conversion.target: TensorRT cannot parse the ONNX model: "
+         r"UNSUPPORTED_NODE: no importer for op Einsum \(operator Einsum, node /net/Einsum\)$"),
+        (fake_tensorrt(inputs=("x",)), r"^spec.model.inputs: the ONNX model's inputs \['x'\] differ from the "
+         r"declared \['image'\]$"),
+        (fake_tensorrt(plan=None), r"^spec.conversion.target: TensorRT failed to build the plan: "
+         r"ERROR: no implementation obeys the type constraints$"),
+    ]  # fmt: skip
+    for trt, pattern in cases:
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        with pytest.raises(UserError, match=pattern):
+            build_plan(tmp_path / "m.onnx", tmp_path / "out" / "m.plan", profiles)
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -119,6 +119,9 @@ class BuildResult:
 def _logger(messages: list[str]) -> Any:
     import tensorrt as trt
 
+    severity = trt.ILogger.Severity
+    kept = {severity.INTERNAL_ERROR: "INTERNAL_ERROR", severity.ERROR: "ERROR", severity.WARNING: "WARNING"}
+
     class Collector(trt.ILogger):  # type: ignore[misc]
         """Keeps warnings and errors (the parser's and the builder's) to name them in the report or the error."""
 
@@ -126,8 +129,9 @@ def _logger(messages: list[str]) -> Any:
             trt.ILogger.__init__(self)
 
         def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR, trt.ILogger.WARNING):
-                messages.append(f"{str(severity).rsplit('.', 1)[-1]}: {msg.strip()}")
+            name = kept.get(severity)
+            if name is not None:
+                messages.append(f"{name}: {msg.strip()}")
 
     return Collector()
 
@@ -152,9 +156,13 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: list[Profile]) -> Bui
 
     messages: list[str] = []
     logger = _logger(messages)
-    builder = trt.Builder(logger)
+    try:
+        builder = trt.Builder(logger)  # raises (a null factory result) when CUDA cannot be initialised
+    except (TypeError, RuntimeError) as exc:
+        builder = None
+        messages.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if builder is None:
-        raise UserError(f"{FIELD}: TensorRT cannot start a builder: {'; '.join(messages) or 'no CUDA device'}")
+        raise UserError(f"{FIELD}: TensorRT cannot start a builder: {'; '.join(messages[-3:]) or 'no CUDA device'}")
     flags = 0
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly_typed is not None:
