@@ -67,17 +67,38 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from modelservice.convert.pipeline import ConvertOptions, convert
 
     item = load_one(args.file)
-    report = convert(
-        item,
-        Path(args.out),
-        ConvertOptions(cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet),
-    )
+    try:
+        report = convert(
+            item,
+            Path(args.out),
+            ConvertOptions(cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet),
+        )
+    except UserError as exc:
+        if args.summary_file:  # the Job's termination message: the operator puts it in the Converted condition
+            _write_text(Path(args.summary_file), str(exc).splitlines()[0][:2048] if str(exc) else type(exc).__name__)
+        raise _in_file(exc, args.file) from None
     if args.summary_file:
         from modelservice.convert.pipeline import write_summary
 
         write_summary(report, Path(args.summary_file))
     print(report.summary_line())
     return 0
+
+
+def _in_file(exc: UserError, file: str) -> UserError:
+    """A pipeline error about a spec field, prefixed with the file the spec came from (as validation errors are)."""
+    if isinstance(exc, SpecError) or not str(exc).startswith("spec."):
+        return exc
+    named = UserError(f"{file}: {exc}")
+    named.exit_code = exc.exit_code
+    return named
+
+
+def _write_text(path: Path, text: str) -> None:
+    import contextlib
+
+    with contextlib.suppress(OSError):  # best effort: the error still reaches stderr and the exit status
+        path.write_text(text + "\n", encoding="utf-8")
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -92,16 +113,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from modelservice.serve.local import ServeOptions, serve
 
     item = load_one(args.file)
-    return serve(
-        item,
-        ServeOptions(
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            workdir=Path(args.workdir) if args.workdir else None,
-            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-        ),
-    )
+    try:
+        return serve(
+            item,
+            ServeOptions(
+                http_port=args.http_port,
+                grpc_port=args.grpc_port,
+                metrics_port=args.metrics_port,
+                workdir=Path(args.workdir) if args.workdir else None,
+                cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            ),
+        )
+    except UserError as exc:
+        raise _in_file(exc, args.file) from None
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:

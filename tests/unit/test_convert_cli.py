@@ -46,10 +46,14 @@ def test_a_bad_file_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
     _digits.write_source(tmp_path / "src", "mlp")
     doc = _digits.modelservice(name="digits", source="src", kind="mlp", data_uri=None, weights="missing.safetensors")
     (tmp_path / "ms.yaml").write_text(json.dumps(doc))
-    result = modelservice("convert", "-f", "ms.yaml", "--out", "repo", "-q", cwd=tmp_path)
+    args = ("convert", "-f", "ms.yaml", "--out", "repo", "-q", "--summary-file", "summary.txt")
+    result = modelservice(*args, cwd=tmp_path)
     assert result.returncode != 0
-    assert result.stderr == "error: spec.model.weights: missing.safetensors not found in the model source\n"
+    assert result.stderr == "error: ms.yaml: spec.model.weights: missing.safetensors not found in the model source\n"
     assert result.stdout == "" and not (tmp_path / "repo").exists()
+    # In a Job the summary file is the termination message: the operator's Converted condition names the field.
+    summary = (tmp_path / "summary.txt").read_text()
+    assert summary == "spec.model.weights: missing.safetensors not found in the model source\n"
 
 
 def test_fetch_command_checks_the_digest(tmp_path: Path) -> None:
