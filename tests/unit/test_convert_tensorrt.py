@@ -266,3 +266,71 @@ def test_build_plan_errors_are_one_line_and_name_the_cause(tmp_path: Path, monke
         with pytest.raises(UserError, match=pattern):
             build_plan(tmp_path / "m.onnx", tmp_path / "out" / "m.plan", profiles)
         assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ----------------------------------------------- the tensorrt target's orchestration, with TensorRT stood in
+# The builder is the stand-in above; the "engine" runs the variant's ONNX graph in ONNX Runtime with the graph
+# unfused (simulated quantization). What runs for real: export, the fp16 and symmetric int8 graphs, verification
+# against torch, measuring, the auto choice, the repository and the report.
+
+
+@pytest.fixture
+def stand_in_tensorrt(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from modelservice.convert import tensorrt
+
+    trt = fake_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(tensorrt, "tensorrt_missing", lambda: [])
+    identity = {"version": "11.4.0-stand-in", "device": "stand-in GPU", "computeCapability": "9.0"}
+    monkeypatch.setattr(tensorrt, "identity", lambda: identity)
+    monkeypatch.setattr(
+        tensorrt, "plan_runner", lambda plan, outputs: ort_runner(plan.with_suffix(".onnx"), optimize=False)
+    )
+    return trt
+
+
+@pytest.mark.slow
+def test_tensorrt_target_auto_builds_verifies_measures_and_writes_a_plan_repository(
+    tmp_path: Path, stand_in_tensorrt: Any
+) -> None:
+    from modelservice.convert.repository import read_config
+
+    yaml_path = _digits.write_example(
+        tmp_path / "ex", "mlp", target="tensorrt", precision="auto", method="static",
+        serving={"resources": {"gpu": 1}, "maxBatchSize": 16},
+    )  # fmt: skip
+    options = ConvertOptions(cache_dir=tmp_path / "cache", progress=False, measure_seconds=0.2)
+    report = convert(load_one(yaml_path), tmp_path / "out", options)
+    data = report.data
+
+    assert [c["name"] for c in data["candidates"]] == ["fp32", "fp16", "int8-static"]
+    assert all(c["passed"] and set(c["latencyMs"]) == {"batch1", "batch16"} for c in data["candidates"])
+    assert data["candidates"][0]["sizeRatio"] == 1.0  # plan sizes compare with the fp32 plan
+    assert data["chosen"]["name"] in ("fp32", "fp16", "int8-static")
+    assert stand_in_tensorrt.calls["shapes"] == {"image": ((1, 1, 8, 8), (16, 1, 8, 8), (16, 1, 8, 8))}
+    assert data["tensorrt"]["profile"]["image"] == {"min": [1, 1, 8, 8], "opt": [16, 1, 8, 8], "max": [16, 1, 8, 8]}
+    assert any("runs only with TensorRT 11.4.0-stand-in on GPUs of compute capability 9.0" in n for n in data["notes"])
+    plan = tmp_path / "out" / "digits" / "1" / "model.plan"
+    assert plan.read_bytes() == b"PLAN"
+    config = read_config(tmp_path / "out" / "digits" / "config.pbtxt")
+    assert config.platform == "tensorrt_plan" and config.max_batch_size == 16
+    assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
+    assert data["artifact"]["format"] == "tensorrt" and data["verification"]["passed"] is True
+
+    again = convert(load_one(yaml_path), tmp_path / "out2", options)
+    assert again.data["cacheHit"] is True and (tmp_path / "out2" / "digits" / "1" / "model.plan").is_file()
+
+
+@pytest.mark.slow
+def test_tensorrt_target_int8_is_the_symmetric_graph_and_reports_it(tmp_path: Path, stand_in_tensorrt: Any) -> None:
+    yaml_path = _digits.write_example(
+        tmp_path / "ex", "cnn", target="tensorrt", precision="int8", method="static",
+        serving={"resources": {"gpu": 1}},
+    )  # fmt: skip
+    report = convert(load_one(yaml_path), tmp_path / "out", ConvertOptions(cache_dir=tmp_path / "c", progress=False))
+    data = report.data
+    assert data["chosen"]["name"] == "int8-static" and data["artifact"]["precision"] == "int8"
+    (candidate,) = data["candidates"]
+    assert candidate["quantizedOps"] > 0 and candidate["floatOps"] == 0
+    accuracy, reference = data["verification"]["accuracy"], data["verification"]["referenceAccuracy"]
+    assert reference - accuracy <= 0.01
