@@ -18,7 +18,7 @@ from modelservice.api.errors import UserError
 from modelservice.api.loader import load_one
 from modelservice.convert.pipeline import ConvertOptions, convert
 from modelservice.convert.report import Report
-from modelservice.convert.repository import read_config
+from modelservice.convert.repository import data_type, read_config
 from modelservice.convert.verify import ort_runner
 
 pytestmark = pytest.mark.slow
@@ -250,6 +250,46 @@ def test_target_torchscript_is_traced_and_verified(tmp_path: Path) -> None:
     x = _digits.load_split().x_test[:16]
     np.testing.assert_allclose(module(torch.from_numpy(x)).detach().numpy(), torch_logits("mlp", x), atol=1e-5)
     assert report.data["verification"]["passed"] and report.data["artifact"]["format"] == "torchscript"
+
+
+# fp16 TorchScript is for GPU Triton (the API asks for a GPU); it is built and verified here on the CPU.
+FP16_VERIFICATION = {"verification": {"tolerance": 0.05, "accuracyBudget": 0.01, "dataUri": "src/test.npz"}}
+GPU = {"resources": {"gpu": 1}}
+
+
+def test_target_torchscript_fp16_keeps_float32_io_and_is_verified(tmp_path: Path) -> None:
+    import torch
+
+    out = tmp_path / "repo"
+    yaml_path = example(
+        tmp_path, "cnn", target="torchscript", precision="fp16", conversion=FP16_VERIFICATION, serving=GPU
+    )
+    report = run(yaml_path, out)
+    assert report.data["artifact"]["precision"] == "fp16" and report.data["verification"]["passed"]
+    config = read_config(out / "digits" / "config.pbtxt")
+    assert [(t.name, t.data_type) for t in config.input] == [("image", data_type("FP32"))]  # the signature stays
+    module = torch.jit.load(str(out / "digits" / "1" / "model.pt"))
+    assert {p.dtype for p in module.parameters()} == {torch.float16}
+    x = _digits.load_split().x_test[:64]
+    logits = module(torch.from_numpy(x)).detach()
+    assert logits.dtype == torch.float32
+    np.testing.assert_allclose(logits.numpy(), torch_logits("cnn", x), atol=0.05)
+
+
+def test_torchscript_source_to_torchscript_fp16(tmp_path: Path) -> None:
+    import torch
+
+    def save(model: Any, path: Path) -> None:
+        torch.jit.save(torch.jit.trace(model, torch.rand(2, 1, 8, 8)), str(path))
+
+    src = _source(tmp_path, "mlp", "model.pt", save)
+    before = (src / "model.pt").read_bytes()
+    yaml_path = _yaml(
+        tmp_path, "torchscript", target="torchscript", precision="fp16", conversion=FP16_VERIFICATION, serving=GPU
+    )
+    report = run(yaml_path, tmp_path / "repo")
+    assert report.data["export"]["exporter"].startswith("torch.jit.trace (fp16")
+    assert report.data["verification"]["passed"] and (src / "model.pt").read_bytes() == before
 
 
 def test_triton_repository_is_validated_and_passed_through(tmp_path: Path) -> None:

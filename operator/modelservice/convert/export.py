@@ -12,6 +12,7 @@ requested opset, and the report says that too.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import re
@@ -162,22 +163,52 @@ def _model_opset(path: Path) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def export_torchscript(model: LoadedModel, path: Path) -> ExportResult:
-    """Write a TorchScript archive (Triton's pytorch_libtorch): a TorchScript source is copied as is, other
-    torch models are traced on sample inputs."""
+def export_torchscript(model: LoadedModel, path: Path, precision: str = "fp32") -> ExportResult:
+    """Write a TorchScript archive (Triton's pytorch_libtorch): an fp32 TorchScript source is copied as is,
+    other torch models are traced on sample inputs. fp16: a copy of the model in half precision, wrapped so its
+    floating inputs and outputs stay float32 (the served signature does not change, as for ONNX fp16)."""
     import torch
 
-    if model.format == "torchscript":
+    if model.format == "torchscript" and precision == "fp32":
         shutil.copyfile(model.file, path)
         return ExportResult("copy", 0)
+    module = model.module
+    if precision == "fp16":
+        original = (
+            torch.jit.load(str(model.file), map_location="cpu")  # type: ignore[no-untyped-call]
+            if model.format == "torchscript"
+            else copy.deepcopy(model.module)  # .half() converts in place; the original stays the reference
+        )
+        module = _HalfPrecision.wrap(original)
     args = _example_args(model.inputs)
     try:
         with _quiet(), torch.inference_mode():
-            traced = torch.jit.trace(model.module, args, check_trace=False)  # type: ignore[no-untyped-call]
+            traced = torch.jit.trace(module, args, check_trace=False)  # type: ignore[no-untyped-call]
         torch.jit.save(traced, str(path))
     except Exception as exc:
         raise UserError(f"conversion.target: the model cannot be traced to TorchScript: {_first_line(exc)}") from None
-    return ExportResult("torch.jit.trace", 0)
+    return ExportResult("torch.jit.trace" + (" (fp16, float32 inputs/outputs)" if precision == "fp16" else ""), 0)
+
+
+class _HalfPrecision:
+    """Builds ``torch.nn.Module`` wrappers lazily (torch is imported only when converting)."""
+
+    @staticmethod
+    def wrap(module: Any) -> Any:
+        import torch
+
+        class HalfPrecision(torch.nn.Module):
+            def __init__(self, inner: Any) -> None:
+                super().__init__()
+                self.inner = inner.half().eval()
+
+            def forward(self, *args: Any) -> Any:
+                result = self.inner(*[a.half() if a.is_floating_point() else a for a in args])
+                if isinstance(result, (tuple, list)):
+                    return tuple(r.float() if r.is_floating_point() else r for r in result)
+                return result.float() if result.is_floating_point() else result
+
+        return HalfPrecision(module).eval()
 
 
 def load_torchscript(path: Path) -> Any:

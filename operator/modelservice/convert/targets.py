@@ -183,26 +183,26 @@ def torchscript_target(
     ctx: _Context, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
 ) -> None:
     conversion = ctx.ms.spec.conversion
-    if conversion.precision != "fp32":
-        raise UserError(
-            f"spec.conversion.precision: {conversion.precision} TorchScript is not supported here; use fp32"
-        )
+    precision = conversion.precision
+    if precision not in ("fp32", "fp16"):  # the API refuses int8/auto for torchscript too
+        raise UserError(f"spec.conversion.precision: {precision} needs target onnx or tensorrt")
     if not model.is_torch:
         raise UserError("spec.conversion.target: an onnx model cannot be converted to torchscript")
-    ctx.progress.step("convert", "TorchScript (torch.jit.trace)")
+    ctx.progress.step("convert", f"TorchScript {precision} (torch.jit.trace)")
     t0 = time.perf_counter()
     path = ctx.work / "model.pt"
-    exported = export_torchscript(model, path)
+    exported = export_torchscript(model, path, precision)
     data["export"] = {"exporter": exported.exporter}
     ctx.timings["exportSeconds"] = time.perf_counter() - t0
     module = load_torchscript(path)
     ctx.progress.step("verify", f"TorchScript vs the original on {verify_data.description}")
     outputs = run_batched(lambda batch: run_torch(module, batch, model.inputs), verify_data.inputs, 64)
-    check = check_against_spec(reference, outputs, verify_data.labels, precision="fp32", spec=conversion.verification)
+    verification = conversion.verification
+    check = check_against_spec(reference, outputs, verify_data.labels, precision=precision, spec=verification)
     if not check.passed:
-        raise _fail(check.problems, "the TorchScript model")
+        raise _fail(check.problems, f"the TorchScript {precision} model")
     target = _write_model(ctx, "torchscript", path, model)
-    data["artifact"] = _artifact(ctx, target, "torchscript", "fp32")
+    data["artifact"] = _artifact(ctx, target, "torchscript", precision)
     data["verification"] = _verification(check.as_status(), ctx.ms, verify_data)
 
 
