@@ -5,6 +5,7 @@ then made runnable for the local Triton (the wheel's Triton has only the python 
 - digits-cnn: CNN -> ONNX fp32, maxBatchSize 16, dynamic batching (queue delay 20 ms, preferred sizes 4 and 8)
 - digits-mlp: MLP -> ONNX fp32, maxBatchSize 8, dynamic batching off
 - digits-ts:  CNN -> TorchScript fp32, maxBatchSize 8
+- digits-ts16: MLP -> TorchScript fp16 (float32 I/O), maxBatchSize 8, a GPU ModelService run on the CPU here
 """
 
 from __future__ import annotations

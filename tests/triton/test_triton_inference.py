@@ -40,7 +40,7 @@ def test_http_inference_equals_torch(
     logits = np.concatenate(outputs)
     expected = torch_logits(model.kind, x)
     assert logits.shape == (len(x), 10)
-    np.testing.assert_allclose(logits, expected, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(logits, expected, atol=model.tolerance, rtol=0)
     assert (logits.argmax(axis=1) == y).mean() > 0.9
 
 
@@ -59,7 +59,7 @@ def test_grpc_inference_equals_torch(
         outputs.append(
             client.infer(name, [item], outputs=[grpcclient.InferRequestedOutput("logits")]).as_numpy("logits")
         )
-    np.testing.assert_allclose(np.concatenate(outputs), torch_logits(model.kind, x), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(np.concatenate(outputs), torch_logits(model.kind, x), atol=model.tolerance, rtol=0)
 
 
 def test_health_endpoints(triton: RunningTriton) -> None:
