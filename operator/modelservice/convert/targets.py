@@ -213,10 +213,10 @@ def tensorrt_target(
     ctx: _Context, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
 ) -> None:
     """Plans built from the ONNX variants (see convert/tensorrt.py), each verified on the GPU against the
-    original; ``auto`` measures the plans and picks as for ONNX."""
+    original; ``auto`` measures the plans and picks as for ONNX. The pipeline has checked the machine
+    (``tensorrt.require_tensorrt``) before fetching."""
     from modelservice.convert import tensorrt
 
-    tensorrt.require_tensorrt()
     ms = ctx.ms
     max_batch = ms.spec.serving.max_batch_size
     profiles = tensorrt.optimization_profile(model.inputs, max_batch, serving_batch(ms))
