@@ -32,7 +32,13 @@ LOCAL_SCHEMES = ("file",)
 URI_PATTERN = r"^((pvc|https?|s3|gs|file)://.+|[^:]+)$"
 
 DType = Literal["FP32", "FP16", "BF16", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "BOOL"]
-Format = Literal["pytorch", "torchscript", "exported-program", "onnx", "triton-repository"]
+Format = Literal["pytorch", "torchscript", "exported-program", "onnx", "triton-repository", "huggingface"]
+# What a huggingface model does (transformers/Optimum task names where they exist); it fixes inputs and outputs.
+Task = Literal[
+    "sentence-embedding", "feature-extraction", "text-classification", "token-classification", "image-classification"
+]
+TEXT_TASKS = ("sentence-embedding", "feature-extraction", "text-classification", "token-classification")
+Metric = Literal["accuracy", "top1", "cosine", "maxAbsError"]
 Target = Literal["onnx", "torchscript", "tensorrt", "none"]
 Precision = Literal["fp32", "fp16", "int8", "auto"]
 Phase = Literal["Pending", "Converting", "Deploying", "Ready", "Degraded", "Failed"]
@@ -118,6 +124,21 @@ class ModelSource(ApiModel):
                 "architecture is only valid when format is pytorch",
                 ".architecture",
             ),
+            (
+                "!has(self.format) || self.format != 'huggingface' || has(self.task)",
+                "task is required when format is huggingface",
+                ".task",
+            ),
+            (
+                "!has(self.task) || (has(self.format) && self.format == 'huggingface')",
+                "task is only valid when format is huggingface",
+                ".task",
+            ),
+            (
+                "!has(self.maxSequenceLength) || (has(self.task) && self.task != 'image-classification')",
+                "maxSequenceLength is only valid for a text task",
+                ".maxSequenceLength",
+            ),
         )
     )
 
@@ -131,7 +152,20 @@ class ModelSource(ApiModel):
     format: Format = Field(
         default="pytorch",
         description="pytorch (state dict + architecture), torchscript, exported-program (torch.export .pt2), "
-        "onnx, or triton-repository (served as is).",
+        "onnx, triton-repository (served as is), or huggingface (a save_pretrained or sentence-transformers folder).",
+    )
+    task: Task | None = Field(
+        default=None,
+        description="Format huggingface: sentence-embedding (pooling/normalisation from the sentence-transformers "
+        "config; output embedding), feature-extraction (last hidden state), text-classification, "
+        "token-classification (output logits) or image-classification. Inputs and outputs follow from it.",
+    )
+    max_sequence_length: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description="Text tasks: the longest token sequence served (longer texts are truncated); default from the "
+        "model's config (max_position_embeddings, or the sentence-transformers max_seq_length).",
     )
     architecture: str | None = Field(
         default=None,
@@ -174,6 +208,12 @@ class ModelSource(ApiModel):
             raise ValueError("architecture: only valid when format is pytorch")
         if self.format in ("pytorch", "torchscript", "exported-program") and not self.inputs:
             raise ValueError(f"inputs: required when format is {self.format} (name, dtype, shape of each input)")
+        if self.format == "huggingface" and self.task is None:
+            raise ValueError("task: required when format is huggingface (sentence-embedding, text-classification, ...)")
+        if self.task is not None and self.format != "huggingface":
+            raise ValueError("task: only valid when format is huggingface")
+        if self.max_sequence_length is not None and (self.task is None or self.task not in TEXT_TASKS):
+            raise ValueError("maxSequenceLength: only valid for a text task")
         names = [t.name for t in self.inputs] + [t.name for t in self.outputs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -243,7 +283,17 @@ class Verification(ApiModel):
         default=None,
         max_length=2048,
         pattern=URI_PATTERN,
-        description="Labelled .npz with arrays x and y; without it, seeded random inputs within the declared shapes.",
+        description="Labelled .npz with arrays x and y; text models also .txt (one text per line) or .jsonl "
+        '({"text": ..., "label": ...}), tokenized with the model\'s tokenizer. Without it, seeded random inputs.',
+    )
+    metric: Metric | None = Field(
+        default=None,
+        description="How a candidate is judged: accuracy (labels), top1 (agreement with the original), cosine "
+        "(minimum cosine similarity to the original over the samples, for embeddings), maxAbsError. Default "
+        "follows the task: cosine for sentence-embedding/feature-extraction, accuracy or top1 for classifiers.",
+    )
+    min_cosine: float = Field(
+        default=0.99, gt=0, le=1, description="metric cosine: the lowest cosine similarity accepted per sample."
     )
     samples: int = Field(default=512, ge=1, le=1_000_000, description="Largest number of samples verified.")
     enabled: bool = Field(default=True, description="Turn verification off (not recommended).")
@@ -540,9 +590,9 @@ class ModelServiceSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             (
-                "!has(self.model.format) || !(self.model.format in ['pytorch', 'exported-program']) "
+                "!has(self.model.format) || !(self.model.format in ['pytorch', 'exported-program', 'huggingface']) "
                 "|| !has(self.conversion) || !has(self.conversion.target) || self.conversion.target != 'none'",
-                "target none cannot serve a pytorch or exported-program model",
+                "target none cannot serve a pytorch, exported-program or huggingface model",
                 ".conversion",
             ),
             (
@@ -571,7 +621,7 @@ class ModelServiceSpec(ApiModel):
     @model_validator(mode="after")
     def _cross_section_rules(self) -> ModelServiceSpec:
         fmt, target = self.model.format, self.conversion.target
-        if fmt in ("pytorch", "exported-program") and target == "none":
+        if fmt in ("pytorch", "exported-program", "huggingface") and target == "none":
             raise ValueError(f"conversion: target none cannot serve format {fmt}; choose onnx, torchscript or tensorrt")
         if fmt == "triton-repository" and target != "none":
             raise ValueError("conversion: format triton-repository is served as is; set target none")
@@ -616,6 +666,9 @@ class VerificationStatus(ApiModel):
     max_rel_error: float | None = Field(default=None, description="Largest relative output difference.")
     accuracy: float | None = Field(default=None, description="Accuracy of the converted model on dataUri.")
     reference_accuracy: float | None = Field(default=None, description="Accuracy of the original model.")
+    metric: str | None = Field(default=None, description="The metric that judged the artifact.")
+    min_cosine: float | None = Field(default=None, description="Lowest cosine similarity to the original.")
+    top1_agreement: float | None = Field(default=None, description="Share of samples whose top-1 class is kept.")
     passed: bool | None = Field(default=None, description="Whether every check passed.")
 
 

@@ -16,7 +16,6 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,10 @@ from modelservice import __version__
 from modelservice.api.errors import UserError
 from modelservice.api.loader import LoadedModelService
 from modelservice.api.models import ModelService
+from modelservice.convert import targets
+from modelservice.convert.context import ConvertContext, ConvertOptions
 from modelservice.convert.digest import file_sha256
-from modelservice.convert.fetch import Fetched, fetch, fetch_file
+from modelservice.convert.fetch import fetch, fetch_file
 from modelservice.convert.load import LoadedModel, load_model, run_torch
 from modelservice.convert.output import REPORT, Cache, default_cache_dir, install
 from modelservice.convert.progress import Progress
@@ -36,35 +37,12 @@ from modelservice.convert.verify import VerifyData, load_npz, ort_runner, random
 
 CACHE_FORMAT = 1
 
-
-@dataclass
-class ConvertOptions:
-    cache_dir: Path | None = None
-    progress: bool = True
-    use_cache: bool = True
-    measure_seconds: float = 2.0  # time spent measuring each batch size when precision is auto
+__all__ = ["ConvertOptions", "conversion_hash", "convert", "write_summary"]
 
 
 def write_summary(report: Report, path: Path) -> None:
     """The compact JSON summary (the conversion Job writes it to /dev/termination-log)."""
     _write_summary(report, path)
-
-
-@dataclass
-class _Context:
-    item: LoadedModelService
-    work: Path
-    staging: Path
-    progress: Progress
-    fetched: Fetched
-    data_path: Path | None
-    calibration_path: Path | None
-    timings: dict[str, float]
-    options: ConvertOptions
-
-    @property
-    def ms(self) -> ModelService:
-        return self.item.model
 
 
 def convert(item: LoadedModelService, out: Path, options: ConvertOptions) -> Report:
@@ -97,7 +75,9 @@ def convert(item: LoadedModelService, out: Path, options: ConvertOptions) -> Rep
             write_report(report, staging / REPORT)
             install(staging, out, ms.name)
             return report
-        ctx = _Context(item, work, work / "staging", progress, fetched, data_path, calibration_path, timings, options)
+        ctx = ConvertContext(
+            item, work, work / "staging", progress, fetched, data_path, calibration_path, timings, options
+        )
         data = _build(ctx)
         data.update(conversionHash=key, cacheHit=False)
         # Cached entries carry no timings or output path of the run that made them.
@@ -197,9 +177,7 @@ def conversion_hash(ms: ModelService, source_sha256: str, data: Path | None, cal
 # ---------------------------------------------------------------------------------------------- build
 
 
-def _build(ctx: _Context) -> dict[str, Any]:
-    from modelservice.convert import targets
-
+def _build(ctx: ConvertContext) -> dict[str, Any]:
     ms = ctx.ms
     spec = ms.spec
     data: dict[str, Any] = {
@@ -253,7 +231,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _verify_data(ctx: _Context, model: LoadedModel) -> VerifyData:
+def _verify_data(ctx: ConvertContext, model: LoadedModel) -> VerifyData:
     verification = ctx.ms.spec.conversion.verification
     if ctx.data_path is not None:
         inputs, labels = load_npz(
@@ -265,7 +243,7 @@ def _verify_data(ctx: _Context, model: LoadedModel) -> VerifyData:
     return random_data(model.inputs, verification.samples)
 
 
-def _reference_outputs(ctx: _Context, model: LoadedModel, verify_data: VerifyData) -> list[Array]:
+def _reference_outputs(ctx: ConvertContext, model: LoadedModel, verify_data: VerifyData) -> list[Array]:
     ctx.progress.step("verify", f"running the original model on {verify_data.description}")
     t0 = time.perf_counter()
     if model.is_torch:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelservice.api.errors import UserError
 from modelservice.api.models import ModelService, TensorSpec
+from modelservice.convert.context import ConvertContext
 from modelservice.convert.digest import file_sha256
 from modelservice.convert.export import export_onnx, export_torchscript, load_torchscript
 from modelservice.convert.load import LoadedModel, run_torch
@@ -33,13 +34,10 @@ from modelservice.convert.variants import (
 )
 from modelservice.convert.verify import Runner, VerifyData, check_against_spec, load_npz, run_batched
 
-if TYPE_CHECKING:
-    from modelservice.convert.pipeline import _Context
-
 VERSION = "1"
 
 
-def _write_model(ctx: _Context, platform: str, artifact: Path, model: LoadedModel) -> Path:
+def _write_model(ctx: ConvertContext, platform: str, artifact: Path, model: LoadedModel) -> Path:
     folder = ctx.staging / ctx.ms.name
     target = folder / VERSION / model_file_name(platform)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +47,7 @@ def _write_model(ctx: _Context, platform: str, artifact: Path, model: LoadedMode
     return target
 
 
-def _artifact(ctx: _Context, path: Path, fmt: str, precision: str, method: str | None = None) -> dict[str, Any]:
+def _artifact(ctx: ConvertContext, path: Path, fmt: str, precision: str, method: str | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "uri": path.relative_to(ctx.staging).as_posix(),
         "format": fmt,
@@ -71,7 +69,7 @@ def _fail(problems: list[str], what: str) -> UserError:
 
 
 def onnx_target(
-    ctx: _Context, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
+    ctx: ConvertContext, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
 ) -> None:
     ms = ctx.ms
     fp32 = _export_onnx(ctx, model, data)
@@ -92,7 +90,7 @@ def onnx_target(
     data["verification"] = _verification(chosen.check.as_status(), ms, verify_data)
 
 
-def _export_onnx(ctx: _Context, model: LoadedModel, data: dict[str, Any]) -> Path:
+def _export_onnx(ctx: ConvertContext, model: LoadedModel, data: dict[str, Any]) -> Path:
     """The fp32 ONNX every variant starts from: exported from torch, or the ONNX source itself."""
     conversion = ctx.ms.spec.conversion
     fp32 = ctx.work / "exported.onnx"
@@ -110,7 +108,7 @@ def _export_onnx(ctx: _Context, model: LoadedModel, data: dict[str, Any]) -> Pat
 
 
 def _pick(
-    ctx: _Context,
+    ctx: ConvertContext,
     variants: list[Variant],
     inputs: VariantInputs,
     data: dict[str, Any],
@@ -163,7 +161,7 @@ def _verification(status: dict[str, Any], ms: ModelService, verify_data: VerifyD
     }
 
 
-def _calibration(ctx: _Context, model: LoadedModel) -> dict[str, Array] | None:
+def _calibration(ctx: ConvertContext, model: LoadedModel) -> dict[str, Array] | None:
     calibration = ctx.ms.spec.conversion.quantization.calibration
     if ctx.calibration_path is None or calibration is None:
         return None
@@ -180,7 +178,7 @@ def _calibration(ctx: _Context, model: LoadedModel) -> dict[str, Array] | None:
 
 
 def torchscript_target(
-    ctx: _Context, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
+    ctx: ConvertContext, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
 ) -> None:
     conversion = ctx.ms.spec.conversion
     precision = conversion.precision
@@ -210,7 +208,7 @@ def torchscript_target(
 
 
 def tensorrt_target(
-    ctx: _Context, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
+    ctx: ConvertContext, model: LoadedModel, verify_data: VerifyData, reference: list[Array], data: dict[str, Any]
 ) -> None:
     """Plans built from the ONNX variants (see convert/tensorrt.py), each verified on the GPU against the
     original; ``auto`` measures the plans and picks as for ONNX. The pipeline has checked the machine
@@ -271,7 +269,7 @@ def tensorrt_target(
 # ------------------------------------------------------------------------------------------- pass-through
 
 
-def pass_through_model(ctx: _Context, model: LoadedModel, data: dict[str, Any]) -> None:
+def pass_through_model(ctx: ConvertContext, model: LoadedModel, data: dict[str, Any]) -> None:
     """target none: serve the source as is (onnx or torchscript)."""
     platform = {"onnx": "onnx", "torchscript": "torchscript"}.get(model.format)
     if platform is None:
