@@ -34,6 +34,26 @@ EXTENSIONS = {
 WEIGHT_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin")
 
 
+@dataclass(frozen=True)
+class TransformerInfo:
+    """What a ``format: huggingface`` model is (convert/hf.py fills it): the fusion, the tokenizer step and the
+    verification data need it."""
+
+    task: str  # sentence-embedding, feature-extraction, text-classification, token-classification, image-...
+    model_type: str  # config.json model_type: bert, distilbert, roberta, vit, resnet, ...
+    num_heads: int  # 0 where the model has no attention (resnet)
+    hidden_size: int
+    num_layers: int
+    tokenizer: Path | None = None  # tokenizer.json inside the fetched source (text tasks)
+    max_length: int | None = None  # longest token sequence served (text tasks)
+    labels: tuple[str, ...] = ()  # id2label in index order (classification tasks)
+    pad_id: int = 0
+
+    @property
+    def is_text(self) -> bool:
+        return self.tokenizer is not None
+
+
 @dataclass
 class LoadedModel:
     """A model ready to convert: a torch callable (eval mode) or an ONNX file, with its tensor specs."""
@@ -44,6 +64,7 @@ class LoadedModel:
     outputs: list[TensorSpec]
     module: Any = None  # torch.nn.Module / ScriptModule / GraphModule
     notes: list[str] = field(default_factory=list)
+    transformer: TransformerInfo | None = None  # format huggingface
 
     @property
     def is_torch(self) -> bool:
