@@ -1,8 +1,9 @@
 """The conversion cache and installing a finished repository into the output folder.
 
 The cache (``--cache-dir``, else ``$MODELSERVICE_CACHE_DIR``, else ``~/.cache/modelservice``) holds one
-folder per conversion hash: the model folder and report.json exactly as installed. Entries are written to a
-temporary folder and renamed into place, so a crashed conversion never leaves a half entry behind.
+folder per conversion hash: the model folders (one, or a text model's ensemble and its steps) and report.json
+exactly as installed. Entries are written to a temporary folder and renamed into place, so a crashed conversion
+never leaves a half entry behind.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 REPORT = "report.json"
+CONFIG = "config.pbtxt"
 
 
 def default_cache_dir() -> Path:
@@ -43,19 +45,33 @@ class Cache:
             pass
 
 
+def model_folders(staging: Path, name: str) -> list[str]:
+    """The model folders of a staging repository (those holding a config.pbtxt), ``name`` last: a text model's
+    ensemble ``<name>`` goes in after the steps it calls (``<name>-tokenizer``, ``<name>-encoder``, ...)."""
+    found = sorted(p.name for p in staging.iterdir() if p.is_dir() and (p / CONFIG).is_file() and p.name != name)
+    return [*found, name]
+
+
 def install(staging: Path, out: Path, name: str) -> None:
-    """Move ``staging/<name>`` and ``staging/report.json`` into ``out`` (a Triton model repository, possibly
-    holding other models): each is copied to a hidden temporary folder inside ``out`` first and then renamed
-    over the old one, so ``out/<name>`` is never half-written."""
+    """Move every model folder of ``staging`` (``<name>``, and for a text model its ensemble steps) and
+    ``staging/report.json`` into ``out`` (a Triton model repository, possibly holding other models).
+
+    Everything is copied into a hidden temporary folder inside ``out`` first; only then is each folder renamed
+    over the old one (``<name>`` last, report.json after it), so no model folder is ever half-written and a
+    failed copy leaves ``out`` as it was."""
     out.mkdir(parents=True, exist_ok=True)
+    names = model_folders(staging, name)
     temp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
-        shutil.copytree(staging / name, temp / name)
+        for folder in names:
+            shutil.copytree(staging / folder, temp / "new" / folder)
         shutil.copyfile(staging / REPORT, temp / REPORT)
-        target = out / name
-        if target.exists():
-            os.replace(target, temp / "previous")
-        os.replace(temp / name, target)
+        (temp / "previous").mkdir()
+        for folder in names:
+            target = out / folder
+            if target.exists():
+                os.replace(target, temp / "previous" / folder)
+            os.replace(temp / "new" / folder, target)
         os.replace(temp / REPORT, out / REPORT)
     finally:
         shutil.rmtree(temp, ignore_errors=True)

@@ -1,8 +1,10 @@
 """Turn a converted Triton repository into one the local Triton can run.
 
 A converted repository holds ``<model>/config.pbtxt`` (platform onnxruntime_onnx, pytorch_libtorch or
-tensorrt_plan) and ``<model>/<version>/model.*``. Where the local Triton has the native backend, the model is
-copied as is. Where it has not (the nvidia-pytriton wheel ships only the python backend), the model becomes a
+tensorrt_plan) and ``<model>/<version>/model.*``; a text model adds python-backend steps (its tokenizer, with
+tokenizer.json beside model.py, and a labels step) and an ensemble (platform ensemble, an empty version folder).
+Where the local Triton has the native backend, the model is copied as is: python models and ensembles always
+are (Triton's core runs ensembles). Where it has not (the nvidia-pytriton wheel ships only the python backend), the model becomes a
 python-backend model with the SAME name, tensors, max_batch_size, dynamic batching and instance groups, whose
 ``model.py`` runs the artifact with ONNX Runtime (model.onnx) or TorchScript (model.pt). TensorRT plans need
 a GPU Triton and are refused with a clear error.
@@ -66,10 +68,14 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def _copy_tree(source: Path, target: Path) -> None:
+    """Files hard-linked (else copied); folders kept even when empty (an ensemble's version folder is)."""
+    target.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.rglob("*")):
         if path.is_symlink():
             raise TritonError(f"{path}: symbolic links are not allowed in a model repository")
-        if path.is_file():
+        if path.is_dir():
+            (target / path.relative_to(source)).mkdir(parents=True, exist_ok=True)
+        elif path.is_file():
             _link_or_copy(path, target / path.relative_to(source))
 
 
