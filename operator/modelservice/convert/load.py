@@ -75,6 +75,10 @@ def load_model(source: ModelSource, path: Path) -> LoadedModel:
     """Load the fetched source at ``path`` (a file or a folder) according to ``source.format``."""
     if source.format == "pytorch":
         return _load_pytorch(source, path)
+    if source.format == "huggingface":
+        from modelservice.convert.hf import load_huggingface
+
+        return load_huggingface(source, path)
     model_file = find_model_file(source, path)
     if source.format == "onnx":
         return _load_onnx(source, model_file)

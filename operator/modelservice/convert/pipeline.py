@@ -11,6 +11,7 @@ version too, makes a repeated conversion a no-op.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -33,9 +34,11 @@ from modelservice.convert.progress import Progress
 from modelservice.convert.report import Report, write_report
 from modelservice.convert.report import write_summary as _write_summary
 from modelservice.convert.tensors import Array
-from modelservice.convert.verify import VerifyData, load_npz, ort_runner, random_data, run_batched
+from modelservice.convert.textdata import TEXT_SUFFIXES, builtin_sentences, load_texts, tokenize
+from modelservice.convert.textserving import encoder_name, is_text_model, write_text_ensemble
+from modelservice.convert.verify import VerifyData, default_metric, load_npz, ort_runner, random_data, run_batched
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: format huggingface, ensembles, external data
 
 __all__ = ["ConvertOptions", "conversion_hash", "convert", "write_summary"]
 
@@ -48,6 +51,8 @@ def write_summary(report: Report, path: Path) -> None:
 def convert(item: LoadedModelService, out: Path, options: ConvertOptions) -> Report:
     """Convert the ModelService in ``item`` into the Triton repository ``out`` (see module docs)."""
     started = time.perf_counter()
+    # A private copy: the conversion resolves defaults that depend on the model (the verification metric).
+    item = dataclasses.replace(item, model=item.model.model_copy(deep=True))
     ms = item.model
     progress = Progress(options.progress)
     _check_target_prerequisites(ms)
@@ -202,10 +207,17 @@ def _build(ctx: ConvertContext) -> dict[str, Any]:
     model = load_model(spec.model, ctx.fetched.path)
     ctx.timings["loadSeconds"] = time.perf_counter() - t0
     data["source"]["file"] = model.file.name
+    data["notes"] += model.notes
+    if model.transformer is not None:
+        data["transformer"] = _describe_transformer(model)
     data["inputs"] = [t.to_api() for t in model.inputs]
     data["outputs"] = [t.to_api() for t in model.outputs]
     verify_data = _verify_data(ctx, model)
     data["verificationData"] = verify_data.description
+    verification = spec.conversion.verification
+    if verification.metric is None:
+        task = model.transformer.task if model.transformer else None
+        verification.metric = default_metric(task, verify_data.labels is not None)
     reference = _reference_outputs(ctx, model, verify_data)
     if spec.conversion.target == "none":
         targets.pass_through_model(ctx, model, data)
@@ -215,6 +227,9 @@ def _build(ctx: ConvertContext) -> dict[str, Any]:
         targets.tensorrt_target(ctx, model, verify_data, reference, data)
     else:
         targets.onnx_target(ctx, model, verify_data, reference, data)
+    if is_text_model(ms) and spec.conversion.target != "none":
+        ctx.progress.step("repository", f"text in: ensemble {ms.name} = tokenizer step + {encoder_name(ms)}")
+        data["notes"] += write_text_ensemble(ctx.staging, ms, model)
     return data
 
 
@@ -231,8 +246,27 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _describe_transformer(model: LoadedModel) -> dict[str, Any]:
+    info = model.transformer
+    assert info is not None
+    described: dict[str, Any] = {"task": info.task, "modelType": info.model_type, "layers": info.num_layers}
+    if info.max_length:
+        described["maxSequenceLength"] = info.max_length
+    if info.labels:
+        described["labels"] = list(info.labels)
+    return described
+
+
 def _verify_data(ctx: ConvertContext, model: LoadedModel) -> VerifyData:
     verification = ctx.ms.spec.conversion.verification
+    info = model.transformer
+    if info is not None and info.is_text:
+        return _text_verify_data(ctx, model)
+    if ctx.data_path is not None and ctx.data_path.suffix in TEXT_SUFFIXES:
+        raise UserError(
+            f"spec.conversion.verification.dataUri: {ctx.data_path.name}: text data needs a huggingface text model; "
+            "give an .npz"
+        )
     if ctx.data_path is not None:
         inputs, labels = load_npz(
             ctx.data_path, model.inputs, field_name="spec.conversion.verification.dataUri", samples=verification.samples
@@ -241,6 +275,25 @@ def _verify_data(ctx: ConvertContext, model: LoadedModel) -> VerifyData:
         what = f"{ctx.data_path.name} ({count} samples{', labelled' if labels is not None else ''})"
         return VerifyData(inputs, labels, what)
     return random_data(model.inputs, verification.samples)
+
+
+def _text_verify_data(ctx: ConvertContext, model: LoadedModel) -> VerifyData:
+    """Texts from the dataUri (.txt/.jsonl) or the built-in sentences, tokenized as the served tokenizer does."""
+    info = model.transformer
+    assert info is not None
+    field = "spec.conversion.verification.dataUri"
+    samples = ctx.ms.spec.conversion.verification.samples
+    names = [spec.name for spec in model.inputs]
+    if ctx.data_path is None:
+        texts, labels = builtin_sentences()[:samples], None
+        what = f"{len(texts)} built-in English sentences"
+    elif ctx.data_path.suffix in TEXT_SUFFIXES:
+        texts, labels = load_texts(ctx.data_path, info, field=field, samples=samples)
+        what = f"{ctx.data_path.name} ({len(texts)} texts{', labelled' if labels is not None else ''})"
+    else:
+        raise UserError(f"{field}: {ctx.data_path.name}: a text model takes .txt (one text per line) or .jsonl")
+    inputs = tokenize(texts, info, names)
+    return VerifyData(inputs, labels, f"{what}, tokenized to {inputs[names[0]].shape[1]} tokens")
 
 
 def _reference_outputs(ctx: ConvertContext, model: LoadedModel, verify_data: VerifyData) -> list[Array]:
