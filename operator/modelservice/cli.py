@@ -140,6 +140,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             batch=args.batch,
             count=args.count,
             seed=args.seed,
+            texts=list(args.text or []),
         )
     )
 
@@ -218,8 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", "-m", required=True, help="model name")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http")
-    p.add_argument("--data", default=None, help=".npz with inputs (array per input name, or x)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument(
+        "--data", default=None, help=".npz with inputs (array per input name, or x); text models: .txt or .jsonl"
+    )
+    p.add_argument("--text", action="append", help="a text for a text model (repeatable)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="rows per request (default 1; text models: up to max_batch_size)"
+    )
     p.add_argument("--count", type=int, default=1, help="requests to send (latency is reported over all)")
     p.add_argument("--seed", type=int, default=0)
     return parser

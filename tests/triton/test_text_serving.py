@@ -10,7 +10,10 @@ through ``make_runnable`` as ``modelservice serve`` does.
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ import tritonclient.http as httpclient
 
 import _hf
 from modelservice.api.models import ModelService, TensorSpec
+from modelservice.cli import main
 from modelservice.convert.load import LoadedModel, TransformerInfo
 from modelservice.convert.repository import build_model_config, write_config
 from modelservice.convert.textserving import PAD_MULTIPLE, encoder_name, write_text_ensemble
@@ -303,3 +307,45 @@ def test_model_metadata_declares_text_in_and_answers_out(text_triton: TextTriton
         "clf-encoder",
         "clf-labels",
     ]
+
+
+def test_infer_cli_sends_texts_and_prints_labels(text_triton: TextTriton, capsys: pytest.CaptureFixture[str]) -> None:
+    texts = _hf.sentences()[:3]
+    argv = ["infer", "--url", text_triton.process.http_url, "-m", "clf", "--count", "2"]
+    code = main([*argv, *[item for text in texts for item in ("--text", text)]])
+    out = capsys.readouterr().out
+    assert code == 0
+    logits, _ = torch_outputs(text_triton.sources["clf"], "text-classification", texts)
+    assert "input text: BYTES, 3 text(s) from --text in 1 request(s)" in out
+    assert "output label: BYTES [3, 1]" in out
+    for text, index in zip(texts, logits.argmax(-1), strict=True):
+        assert re.search(
+            rf'  "{re.escape(text[:20])}.*": logits \[\S+, \S+\]; label {_hf.LABELS[int(index)]}$', out, re.M
+        )
+    assert re.search(r"latency over 2 request\(s\): p50 [\d.]+ ms", out)
+
+
+def test_infer_cli_reads_a_text_file_over_grpc(
+    text_triton: TextTriton, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = _hf.sentences()[:10]
+    data = _hf.write_texts(tmp_path / "texts.txt", texts)
+    code = main(
+        ["infer", "--url", text_triton.process.grpc_url, "--protocol", "grpc", "-m", "emb", "--data", str(data)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"input text: BYTES, 10 text(s) from {data} in 2 request(s)" in out  # max_batch_size 8
+    expected = _hf.reference_embeddings(text_triton.sources["emb"], texts[:1], max_length=MAX_LENGTH)[0]
+    first = ", ".join(f"{v:.4f}" for v in expected[:4])
+    assert re.search(rf"  \".*\": embedding \[{re.escape(first)}, \.\.\.\] norm 1\.0000$", out, re.M), out
+
+
+def test_infer_cli_batch_beyond_the_model_is_one_line(text_triton: TextTriton) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "modelservice.cli", "infer", "--url", text_triton.process.http_url, "-m", "emb",
+         "--text", "hello", "--batch", "9"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: --batch 9 exceeds the model's max_batch_size 8"

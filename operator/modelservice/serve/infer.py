@@ -1,10 +1,17 @@
-"""``modelservice infer``: a smoke request to Triton over HTTP or gRPC, with a result summary and latency."""
+"""``modelservice infer``: a smoke request to Triton over HTTP or gRPC, with a result summary and latency.
+
+A text model (an ensemble whose input is BYTES, ``text``) takes texts instead of tensors: ``--text`` (repeatable)
+and/or ``--data`` with a .txt (one text a line) or .jsonl (``{"text": ...}`` a line) file; every text is sent, in
+requests of ``--batch`` rows (default: as many as the model's max_batch_size allows), and the answer is printed
+per text (its label, or the first values of its embedding / logits).
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,9 @@ NUMPY_TYPES: dict[str, type[np.generic]] = {
     "FP64": np.float64,
 }
 VARIABLE_DIM = 8  # a -1 dimension becomes this long in random inputs
+TEXT_TYPES = ("BYTES", "STRING")
+SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog."
+SHOWN_ROWS = 16
 
 
 @dataclass
@@ -37,9 +47,10 @@ class InferOptions:
     model: str
     protocol: str
     data: Path | None
-    batch: int
+    batch: int | None  # rows per request; None: 1 (tensors), as many as max_batch_size allows (texts)
     count: int
     seed: int
+    texts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -212,41 +223,162 @@ def _available(client: Any, protocol: str) -> str:
     return ", ".join(names) or "none"
 
 
-def infer(options: InferOptions) -> int:
-    """Send ``count`` requests of ``batch`` rows; print the outputs of the first and the latency over all."""
-    if options.batch < 1 or options.count < 1:
-        raise InferError("--batch and --count must be at least 1")
-    module, client, url = _connect(options)
-    info = _check_model(client, options.protocol, options.model, url)
-    if info.max_batch_size > 0 and options.batch > info.max_batch_size:
-        raise InferError(f"--batch {options.batch} exceeds the model's max_batch_size {info.max_batch_size}")
+def text_input(info: ModelInfo) -> TensorInfo | None:
+    """The BYTES input of a text model (its ensemble's ``text``), or None for a tensor model."""
+    found = [t for t in info.inputs if t.datatype in TEXT_TYPES]
+    return found[0] if len(found) == 1 and len(info.inputs) == 1 else None
+
+
+def read_texts(path: Path) -> list[str]:
+    """Texts from a .txt (one a line, blank lines skipped) or a .jsonl file (a "text" field a line)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InferError(f"--data {path}: cannot read texts: {exc}") from None
+    if path.suffix == ".jsonl":
+        texts = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InferError(f"--data {path}:{number}: not JSON: {exc.msg}") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise InferError(f'--data {path}:{number}: expected an object with a "text" string')
+            texts.append(row["text"])
+        return texts
+    if path.suffix not in (".txt", ".text", ""):
+        raise InferError(f'--data {path}: a text model takes .txt (one text a line) or .jsonl ({{"text": ...}})')
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _short(text: str, width: int = 48) -> str:
+    text = " ".join(text.split())
+    return json.dumps(text if len(text) <= width else text[: width - 1] + "\u2026", ensure_ascii=False)
+
+
+def describe_text_row(text: str, outputs: dict[str, NDArray[Any]], row: int) -> str:
+    """One line per text: its label(s), then the first values of each numeric output."""
+    parts = []
+    for name, array in outputs.items():
+        value = array[row]
+        if value.dtype == np.object_:
+            labels = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in value.reshape(-1)]
+            labels = [label for label in labels if label]  # token labels: padding positions are blank
+            shown = labels[0] if value.size == 1 and labels else " ".join(labels[:SHOWN_ROWS])
+            parts.append(f"{name} {shown}")
+        elif value.ndim == 1:
+            first = ", ".join(f"{v:.4f}" for v in value[:4]) + (", ..." if value.size > 4 else "")
+            norm = f" norm {float(np.linalg.norm(value)):.4f}" if value.size > 4 else ""
+            parts.append(f"{name} [{first}]{norm}")
+        else:
+            parts.append(f"{name} {list(value.shape)}")
+    return f"  {_short(text)}: " + "; ".join(parts)
+
+
+def _text_requests(options: InferOptions, info: ModelInfo) -> tuple[list[list[str]], str]:
+    texts, origins = list(options.texts), ["--text"] if options.texts else []
     if options.data is not None:
-        arrays, origin = npz_inputs(options.data, info, options.batch), str(options.data)
+        texts += read_texts(options.data)
+        origins.append(str(options.data))
+    if not texts:
+        texts, origins = [SAMPLE_TEXT], ["a sample sentence"]
+    limit = info.max_batch_size if info.max_batch_size > 0 else len(texts)
+    rows = options.batch or limit
+    if rows > limit:
+        raise InferError(f"--batch {rows} exceeds the model's max_batch_size {info.max_batch_size}")
+    groups = [texts[i : i + rows] for i in range(0, len(texts), rows)]
+    return groups, f"{len(texts)} text(s) from {' and '.join(origins)} in {len(groups)} request(s)"
+
+
+def _send(client: Any, options: InferOptions, inputs: list[Any], outputs: list[Any], url: str) -> tuple[Any, float]:
+    exception = _exception_type(options.protocol)
+    start = time.perf_counter()
+    try:
+        result = client.infer(options.model, inputs, outputs=outputs)
+    except exception as exc:
+        raise InferError(f"model {options.model} on {url}: inference failed: {_reason(exc)}") from None
+    return result, time.perf_counter() - start
+
+
+def _infer_texts(module: Any, client: Any, options: InferOptions, info: ModelInfo, url: str) -> list[float]:
+    tensor = text_input(info)
+    assert tensor is not None
+    groups, origin = _text_requests(options, info)
+    requested = [module.InferRequestedOutput(t.name) for t in info.outputs]
+    latencies: list[float] = []
+    answers: list[tuple[list[str], dict[str, NDArray[Any]]]] = []
+    for repeat in range(options.count):
+        for texts in groups:
+            array = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
+            if info.max_batch_size == 0:
+                array = array.reshape(-1)
+            item = module.InferInput(tensor.name, list(array.shape), tensor.datatype)
+            item.set_data_from_numpy(array)
+            result, seconds = _send(client, options, [item], requested, url)
+            latencies.append(seconds)
+            if repeat == 0:
+                answers.append((texts, {t.name: np.asarray(result.as_numpy(t.name)) for t in info.outputs}))
+    print(f"input {tensor.name}: {tensor.datatype}, {origin}")
+    for tensor in info.outputs:
+        shape = list(answers[0][1][tensor.name].shape)
+        print(f"output {tensor.name}: {tensor.datatype} {shape}" + (" (first request)" if len(answers) > 1 else ""))
+    shown = 0
+    for texts, outputs in answers:
+        for row, text in enumerate(texts):
+            if shown < SHOWN_ROWS:
+                print(describe_text_row(text, outputs, row))
+            shown += 1
+    if shown > SHOWN_ROWS:
+        print(f"  ... and {shown - SHOWN_ROWS} more")
+    return latencies
+
+
+def _infer_tensors(module: Any, client: Any, options: InferOptions, info: ModelInfo, url: str) -> list[float]:
+    batch = options.batch or 1
+    if info.max_batch_size > 0 and batch > info.max_batch_size:
+        raise InferError(f"--batch {batch} exceeds the model's max_batch_size {info.max_batch_size}")
+    if options.texts:
+        raise InferError(
+            f"--text: model {info.name} takes no text (its inputs: {', '.join(t.name for t in info.inputs)})"
+        )
+    if options.data is not None:
+        arrays, origin = npz_inputs(options.data, info, batch), str(options.data)
     else:
-        arrays, origin = random_inputs(info, options.batch, options.seed), f"random, seed {options.seed}"
+        arrays, origin = random_inputs(info, batch, options.seed), f"random, seed {options.seed}"
     inputs = []
     for tensor in info.inputs:
         item = module.InferInput(tensor.name, list(arrays[tensor.name].shape), tensor.datatype)
         item.set_data_from_numpy(arrays[tensor.name])
         inputs.append(item)
     outputs = [module.InferRequestedOutput(t.name) for t in info.outputs]
-    exception = _exception_type(options.protocol)
     latencies: list[float] = []
     result = None
     for _ in range(options.count):
-        start = time.perf_counter()
-        try:
-            result = client.infer(options.model, inputs, outputs=outputs)
-        except exception as exc:
-            raise InferError(f"model {options.model} on {url}: inference failed: {_reason(exc)}") from None
-        latencies.append(time.perf_counter() - start)
+        result, seconds = _send(client, options, inputs, outputs, url)
+        latencies.append(seconds)
     assert result is not None
-    print(f"model {info.name} (version {info.version}) at {url} over {options.protocol}")
     for tensor in info.inputs:
         print(f"input {tensor.name}: {tensor.datatype} {list(arrays[tensor.name].shape)} ({origin})")
     for tensor in info.outputs:
         array = result.as_numpy(tensor.name)
         print(describe_output(tensor.name, tensor.datatype, np.asarray(array), info.max_batch_size > 0))
+    return latencies
+
+
+def infer(options: InferOptions) -> int:
+    """Send ``count`` requests (of ``batch`` rows, or every text of a text model); print the outputs of the first
+    and the latency over all."""
+    if (options.batch is not None and options.batch < 1) or options.count < 1:
+        raise InferError("--batch and --count must be at least 1")
+    module, client, url = _connect(options)
+    info = _check_model(client, options.protocol, options.model, url)
+    print(f"model {info.name} (version {info.version}) at {url} over {options.protocol}")
+    if text_input(info) is not None:
+        latencies = _infer_texts(module, client, options, info, url)
+    else:
+        latencies = _infer_tensors(module, client, options, info, url)
     print(
         f"latency over {len(latencies)} request(s): p50 {percentile_ms(latencies, 50):.2f} ms, "
         f"p95 {percentile_ms(latencies, 95):.2f} ms"

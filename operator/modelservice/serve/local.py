@@ -11,14 +11,14 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from modelservice.api.loader import LoadedModelService
-from modelservice.api.models import TensorSpec
+from modelservice.convert.repository import CONFIG_FILE, ConfigTensor, TensorLike, dtype_name, read_config
 from modelservice.serve.pybackend import RunnableModel, make_runnable
 from modelservice.serve.triton import (
     HOST,
@@ -31,6 +31,7 @@ from modelservice.serve.triton import (
 )
 
 CURL_MAX_ELEMENTS = 256  # larger inputs get no inline curl example
+CURL_TEXT = "The quick brown fox jumps over the lazy dog."  # no quote: the body goes in single quotes
 
 
 @dataclass
@@ -78,8 +79,9 @@ def _workdir(given: Path | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def curl_example(http_url: str, model: str, inputs: list[TensorSpec], batched: bool) -> str | None:
-    """A curl command with an all-zero request, or None when the inputs are too large to inline."""
+def curl_example(http_url: str, model: str, inputs: Sequence[TensorLike], batched: bool) -> str | None:
+    """A curl command with an all-zero request (a sentence for a BYTES input: a text model's ``text``), or None
+    when the inputs are too large to inline."""
     body_inputs = []
     for tensor in inputs:
         dims = [1 if d < 0 else d for d in tensor.shape]
@@ -90,23 +92,42 @@ def curl_example(http_url: str, model: str, inputs: list[TensorSpec], batched: b
         if elements > CURL_MAX_ELEMENTS:
             return None
         zero: object = False if tensor.dtype == "BOOL" else 0 if tensor.dtype.startswith(("INT", "UINT")) else 0.0
-        body_inputs.append({"name": tensor.name, "shape": shape, "datatype": tensor.dtype, "data": [zero] * elements})
+        if tensor.dtype in ("BYTES", "STRING"):
+            zero = CURL_TEXT
+        datatype = "BYTES" if tensor.dtype == "STRING" else tensor.dtype
+        body_inputs.append({"name": tensor.name, "shape": shape, "datatype": datatype, "data": [zero] * elements})
     body = json.dumps({"inputs": body_inputs}, separators=(",", ":"))
     return f"curl -s {http_url}/v2/models/{model}/infer -d '{body}'"
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What serve prints examples from: a model's inputs (without batch dimension), whether it batches, and the
+    ensemble it is a step of (its examples are left out: clients call the ensemble)."""
+
+    inputs: list[ConfigTensor]
+    batched: bool
+    step_of: str | None = None
 
 
 def describe(
     triton: TritonProcess,
     install: TritonInstall,
     models: list[RunnableModel],
-    inputs: dict[str, tuple[list[TensorSpec], bool]],
+    inputs: dict[str, ModelInputs],
 ) -> str:
     """What serve prints once Triton is ready: endpoints and examples."""
     http = f"http://{HOST}:{triton.ports.http}"
     lines = [f"Triton is ready (tritonserver from {install.source}); log: {triton.log_path}"]
     for model in models:
-        how = f"python backend running {model.runtime}" if model.runtime else f"{model.backend} backend"
-        lines.append(f"  model {model.name}: {model.source_platform} artifact, {how}")
+        if model.source_platform == "ensemble":
+            how = "ensemble"
+        elif model.runtime:
+            how = f"{model.source_platform} artifact, python backend running {model.runtime}"
+        else:
+            how = f"{model.source_platform} artifact, {model.backend} backend"
+        step_of = inputs[model.name].step_of if model.name in inputs else None
+        lines.append(f"  model {model.name}: {how}" + (f" (a step of {step_of})" if step_of else ""))
     lines += [
         f"  HTTP     {http}   (GET {http}/v2/health/ready, {http}/v2/models/<model>/config)",
         f"  gRPC     {triton.grpc_url}",
@@ -114,25 +135,32 @@ def describe(
         "Try:",
     ]
     for model in models:
-        tensors, batched = inputs.get(model.name, ([], False))
-        example = curl_example(http, model.name, tensors, batched=batched) if tensors else None
+        found = inputs.get(model.name, ModelInputs([], False))
+        if found.step_of:
+            continue
+        example = curl_example(http, model.name, found.inputs, batched=found.batched) if found.inputs else None
         if example:
             lines.append(f"  {example}")
-        lines.append(f"  modelservice infer --url {triton.http_url} -m {model.name} --count 20")
+        text = any(t.dtype in ("BYTES", "STRING") for t in found.inputs)
+        sample = f' --text "{CURL_TEXT}"' if text else " --count 20"
+        lines.append(f"  modelservice infer --url {triton.http_url} -m {model.name}{sample}")
         lines.append(f"  modelservice infer --url {triton.grpc_url} --protocol grpc -m {model.name}")
     lines.append("Press Ctrl-C (or send SIGTERM) to stop.")
     return "\n".join(lines)
 
 
-def _model_inputs(repository: Path, models: list[RunnableModel]) -> dict[str, tuple[list[TensorSpec], bool]]:
-    """Per model: its inputs (without batch dimension) and whether it batches."""
-    from modelservice.convert.repository import CONFIG_FILE, read_config, tensor_specs
-
-    found: dict[str, tuple[list[TensorSpec], bool]] = {}
-    for model in models:
-        config = read_config(repository / model.name / CONFIG_FILE)
-        found[model.name] = (tensor_specs(config.input), config.max_batch_size > 0)
-    return found
+def model_inputs(repository: Path, models: list[RunnableModel]) -> dict[str, ModelInputs]:
+    """Per model: its inputs, whether it batches, and the ensemble calling it (if any)."""
+    configs = {model.name: read_config(repository / model.name / CONFIG_FILE) for model in models}
+    steps = {step.model_name: name for name, config in configs.items() for step in config.ensemble_scheduling.step}
+    return {
+        name: ModelInputs(
+            [ConfigTensor(t.name, dtype_name(t.data_type), list(t.dims)) for t in config.input],
+            config.max_batch_size > 0,
+            steps.get(name),
+        )
+        for name, config in configs.items()
+    }
 
 
 def serve(item: LoadedModelService, options: ServeOptions) -> int:
@@ -157,7 +185,7 @@ def serve(item: LoadedModelService, options: ServeOptions) -> int:
                 cache_dir=options.cache_dir,
             )
             with triton:
-                print(describe(triton, install, models, _model_inputs(repository, models)), flush=True)
+                print(describe(triton, install, models, model_inputs(repository, models)), flush=True)
                 while triton.alive():
                     time.sleep(0.5)
                 code = triton.process.returncode if triton.process else None
