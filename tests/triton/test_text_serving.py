@@ -1,11 +1,11 @@
-"""Text in, answers out: Hugging Face text models served as Triton ensembles (tokenizer python step with the
-real ``tokenizers`` library, the ONNX encoder in ONNX Runtime, a labels step for classifiers) by the real
-tritonserver, over HTTP and gRPC, against the torch originals.
+"""Text in, answers out: Hugging Face text models converted by the real pipeline (``format: huggingface``) and
+served as Triton ensembles (tokenizer python step with the real ``tokenizers`` library, the ONNX encoder in ONNX
+Runtime, a labels step for classifiers) by the real tritonserver, over HTTP and gRPC, against the torch originals.
 
-The repository is built by hand here: each BERT-like model (tests/lib/_hf.py, random weights, a real WordPiece
-tokenizer.json) is exported to ONNX with dynamic batch and sequence axes and written as ``<name>-encoder`` with
-the same config builder the converter uses; ``write_text_ensemble`` adds the rest, and the repository goes
-through ``make_runnable`` as ``modelservice serve`` does.
+The checkpoints are BERT-like models built offline from transformers configs with a real WordPiece tokenizer.json
+(tests/lib/_hf.py, random weights): a sentence-transformers layout (mean pooling, normalised), a sequence
+classifier and a token classifier. Each is converted with ``convert`` (as ``modelservice convert`` does) and the
+merged repository goes through ``make_runnable`` as ``modelservice serve`` does.
 """
 
 from __future__ import annotations
@@ -17,27 +17,25 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import yaml
 
 import _hf
-from modelservice.api.models import ModelService, TensorSpec
+from modelservice.api.loader import load_one
 from modelservice.cli import main
-from modelservice.convert.load import LoadedModel, TransformerInfo
-from modelservice.convert.repository import build_model_config, write_config
-from modelservice.convert.textserving import PAD_MULTIPLE, encoder_name, write_text_ensemble
+from modelservice.convert.pipeline import ConvertOptions, convert
+from modelservice.convert.repository import read_config
+from modelservice.convert.textserving import PAD_MULTIPLE
 from modelservice.serve.pybackend import make_runnable
 from modelservice.serve.triton import TritonProcess, find_tritonserver
 
 pytestmark = pytest.mark.triton
 
-MAX_LENGTH = 64
 MAX_BATCH = 8
-BERT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 
 
 @dataclass(frozen=True)
@@ -45,118 +43,63 @@ class TextModel:
     name: str
     task: str
     output: str
+    layout: str = "transformers"
 
 
 MODELS = [
-    TextModel("emb", "sentence-embedding", "embedding"),
+    TextModel("emb", "sentence-embedding", "embedding", "sentence-transformers"),
     TextModel("clf", "text-classification", "logits"),
     TextModel("tok", "token-classification", "logits"),
 ]
 
 
-def _mean_pooled(torch: Any, model: Any) -> Any:
-    class MeanPooled(torch.nn.Module):  # what sentence-transformers computes: mean over the mask, L2-normalised
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            hidden = self.model(input_ids, attention_mask, token_type_ids).last_hidden_state
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=-1)
-
-    return MeanPooled()
-
-
-def _logits_only(torch: Any, model: Any) -> Any:
-    class Logits(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            return self.model(input_ids, attention_mask, token_type_ids).logits
-
-    return Logits()
-
-
-def write_text_repository(root: Path, model: TextModel) -> Path:
-    """staging/<name>-encoder (ONNX) + the ensemble around it, for the checkpoint in root/src."""
-    import torch
-
-    source = _hf.write_text_model(root / "src", task=model.task)
-    torch_model = _hf.build_text_model(model.task)
-    wrapper = (
-        _mean_pooled(torch, torch_model) if model.task == "sentence-embedding" else _logits_only(torch, torch_model)
-    )
-    staging = root / "staging"
-    ms = ModelService.from_body(
-        {
-            "apiVersion": "modelservice.dev/v1alpha1",
-            "kind": "ModelService",
-            "metadata": {"name": model.name},
-            "spec": {
-                "model": {"uri": "src", "format": "huggingface", "task": model.task},
-                "serving": {"maxBatchSize": MAX_BATCH, "dynamicBatching": {"maxQueueDelayMicroseconds": 2000}},
-            },
-        }
-    )
-    folder = staging / encoder_name(ms)
-    (folder / "1").mkdir(parents=True)
-    sample = torch.ones(2, 7, dtype=torch.long)
-    per_row = model.task in ("sentence-embedding", "text-classification")
-    torch.onnx.export(
-        wrapper, (sample, sample, torch.zeros_like(sample)), str(folder / "1" / "model.onnx"), dynamo=False,
-        input_names=BERT_INPUTS, output_names=[model.output], opset_version=17,
-        dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in BERT_INPUTS},
-                      model.output: {0: "batch"} if per_row else {0: "batch", 1: "sequence"}},
-    )  # fmt: skip
-    config = torch_model.config
-    shape = {
-        "sentence-embedding": [config.hidden_size],
-        "text-classification": [config.num_labels],
-        "token-classification": [-1, config.num_labels],
-    }[model.task]
-    inputs = [TensorSpec(name=name, dtype="INT64", shape=[-1]) for name in BERT_INPUTS]
-    outputs = [TensorSpec(name=model.output, dtype="FP32", shape=shape)]
-    write_config(
-        build_model_config(ms, platform="onnx", inputs=inputs, outputs=outputs, name=encoder_name(ms)),
-        folder / "config.pbtxt",
-    )
-    labels = tuple(config.id2label[i] for i in range(config.num_labels)) if model.task != "sentence-embedding" else ()
-    info = TransformerInfo(
-        task=model.task, model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size,
-        num_layers=config.num_hidden_layers, tokenizer=source / "tokenizer.json", max_length=MAX_LENGTH, labels=labels,
-    )  # fmt: skip
-    loaded = LoadedModel("huggingface", folder / "1" / "model.onnx", inputs, outputs, wrapper, transformer=info)
-    write_text_ensemble(staging, ms, loaded)
-    return staging
+def write_text_modelservice(folder: Path, model: TextModel) -> Path:
+    """The checkpoint in folder/src and a ModelService YAML naming it."""
+    _hf.write_text_model(folder / "src", task=model.task, layout=model.layout)
+    document = {
+        "apiVersion": "modelservice.dev/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": model.name},
+        "spec": {
+            "model": {"uri": "src", "format": "huggingface", "task": model.task},
+            "conversion": {"target": "onnx", "precision": "fp32"},
+            "serving": {"maxBatchSize": MAX_BATCH, "dynamicBatching": {"maxQueueDelayMicroseconds": 2000}},
+        },
+    }
+    path = folder / "modelservice.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
 
 
 @dataclass(frozen=True)
 class TextTriton:
     process: TritonProcess
     sources: dict[str, Path]
+    max_lengths: dict[str, int]  # what the converter resolved (the tokenizer step's max_length)
 
 
 @pytest.fixture(scope="module")
 def text_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TextTriton]:
     root = tmp_path_factory.mktemp("text")
     converted = root / "converted"
-    sources = {}
+    sources, max_lengths = {}, {}
     for model in MODELS:
-        staging = write_text_repository(root / model.name, model)
+        item = load_one(write_text_modelservice(root / model.name, model))
+        out = root / model.name / "out"
+        convert(item, out, ConvertOptions(cache_dir=root / "cache", progress=False))
         sources[model.name] = root / model.name / "src"
-        for folder in staging.iterdir():
-            shutil.copytree(folder, converted / folder.name)
+        config = read_config(out / f"{model.name}-tokenizer" / "config.pbtxt")
+        max_lengths[model.name] = int(config.parameters["max_length"].string_value)
+        for folder in out.iterdir():
+            if folder.is_dir():
+                shutil.copytree(folder, converted / folder.name)
     install = find_tritonserver()
     make_runnable(converted, root / "repository", install)
     process = TritonProcess(
         repository=root / "repository", log_path=root / "triton.log", install=install, cache_dir=root / "cache"
     )
     with process:
-        yield TextTriton(process, sources)
+        yield TextTriton(process, sources, max_lengths)
 
 
 def texts_array(texts: list[str]) -> np.ndarray:
@@ -189,18 +132,20 @@ def chunks(texts: list[str], size: int = MAX_BATCH) -> list[list[str]]:
     return [texts[i : i + size] for i in range(0, len(texts), size)]
 
 
-def torch_outputs(source: Path, task: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def torch_outputs(source: Path, task: str, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """The torch original's logits on the texts (tokenized by the tokenizers library, padded to the longest) and
     the attention mask."""
     import torch
     from tokenizers import Tokenizer
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
-    tokenizer.enable_truncation(MAX_LENGTH)
+    tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     encoded = tokenizer.encode_batch(texts)
     tensors = [torch.tensor([getattr(e, field) for e in encoded]) for field in ("ids", "attention_mask", "type_ids")]
-    model = _hf.build_text_model(task)
+    factory = AutoModelForTokenClassification if task == "token-classification" else AutoModelForSequenceClassification
+    model = factory.from_pretrained(str(source)).eval()
     with torch.inference_mode():
         logits = model(*tensors).logits.numpy()
     return logits, tensors[1].numpy()
@@ -211,7 +156,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return result
 
 
-LONG = " ".join(["the quick brown fox jumps over the lazy dog"] * 20)  # far beyond MAX_LENGTH tokens
+LONG = " ".join(["the quick brown fox jumps over the lazy dog"] * 20)  # far beyond every max length
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -219,7 +164,7 @@ def test_embeddings_equal_the_torch_original(text_triton: TextTriton, protocol: 
     texts = [*_hf.sentences(), LONG, ""]
     infer = http_infer if protocol == "http" else grpc_infer
     served = np.concatenate([infer(text_triton, "emb", batch, ["embedding"])["embedding"] for batch in chunks(texts)])
-    expected = _hf.reference_embeddings(text_triton.sources["emb"], texts, max_length=MAX_LENGTH)
+    expected = _hf.reference_embeddings(text_triton.sources["emb"], texts, text_triton.max_lengths["emb"])
     assert served.shape == expected.shape == (len(texts), 64)
     assert served.dtype == np.float32
     assert cosine(served, expected).min() > 0.999
@@ -231,7 +176,7 @@ def test_classifier_returns_torch_logits_and_label_names(text_triton: TextTriton
     texts = _hf.sentences()[:MAX_BATCH]
     infer = http_infer if protocol == "http" else grpc_infer
     answer = infer(text_triton, "clf", texts, ["logits", "label"])
-    logits, _ = torch_outputs(text_triton.sources["clf"], "text-classification", texts)
+    logits, _ = torch_outputs(text_triton.sources["clf"], "text-classification", texts, text_triton.max_lengths["clf"])
     assert answer["logits"].shape == (len(texts), 2)
     assert np.abs(answer["logits"] - logits).max() < 1e-3
     assert answer["label"].shape == (len(texts), 1)
@@ -242,9 +187,12 @@ def test_classifier_returns_torch_logits_and_label_names(text_triton: TextTriton
 def test_token_classifier_labels_every_token_and_blanks_padding(text_triton: TextTriton) -> None:
     texts = ["short one.", _hf.sentences()[0], LONG]
     answer = http_infer(text_triton, "tok", texts, ["logits", "label"])
-    logits, mask = torch_outputs(text_triton.sources["tok"], "token-classification", texts)
+    logits, mask = torch_outputs(
+        text_triton.sources["tok"], "token-classification", texts, text_triton.max_lengths["tok"]
+    )
     served = answer["logits"]
-    length = mask.shape[1]  # the longest (truncated) sequence: MAX_LENGTH here
+    length = mask.shape[1]  # the longest (truncated) sequence: the max length
+    assert length == text_triton.max_lengths["tok"]
     assert served.shape == (3, length, 3)
     valid = mask.astype(bool)
     assert np.abs(served[valid] - logits[valid]).max() < 1e-3
@@ -259,7 +207,8 @@ def test_token_classifier_labels_every_token_and_blanks_padding(text_triton: Tex
 
 def test_tokenizer_pads_each_batch_to_its_longest_text_not_to_max_length(text_triton: TextTriton) -> None:
     """Asked directly, the tokenizer step shows its padding: short texts -> a short multiple of 16; a batch with
-    a longer text -> that text's length rounded up, every row the same length; a too long text -> MAX_LENGTH."""
+    a longer text -> that text's length rounded up, every row the same length; a too long text -> the max length."""
+    max_length = text_triton.max_lengths["emb"]
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(text_triton.sources["emb"] / "tokenizer.json"))
@@ -280,15 +229,15 @@ def test_tokenizer_pads_each_batch_to_its_longest_text_not_to_max_length(text_tr
 
     mixed = [*short, _hf.sentences()[0] + " " + _hf.sentences()[1]]
     longest = max(lengths(mixed))
-    assert PAD_MULTIPLE < longest < MAX_LENGTH - PAD_MULTIPLE  # the sentences file keeps this true
+    assert PAD_MULTIPLE < longest < max_length - PAD_MULTIPLE  # the sentences file keeps this true
     answer = http_infer(text_triton, "emb-tokenizer", mixed, outputs)
     padded = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
-    assert answer["input_ids"].shape == (3, padded) and padded < MAX_LENGTH
+    assert answer["input_ids"].shape == (3, padded) and padded < max_length
     assert answer["attention_mask"].sum(axis=1).tolist() == lengths(mixed)
 
     answer = http_infer(text_triton, "emb-tokenizer", [*short, LONG], outputs)
-    assert answer["input_ids"].shape == (3, MAX_LENGTH)  # truncated, special tokens kept
-    assert answer["attention_mask"][2].sum() == MAX_LENGTH
+    assert answer["input_ids"].shape == (3, max_length)  # truncated, special tokens kept
+    assert answer["attention_mask"][2].sum() == max_length
     assert answer["input_ids"][2, -1] == tokenizer.token_to_id("[SEP]")
 
 
@@ -315,7 +264,7 @@ def test_infer_cli_sends_texts_and_prints_labels(text_triton: TextTriton, capsys
     code = main([*argv, *[item for text in texts for item in ("--text", text)]])
     out = capsys.readouterr().out
     assert code == 0
-    logits, _ = torch_outputs(text_triton.sources["clf"], "text-classification", texts)
+    logits, _ = torch_outputs(text_triton.sources["clf"], "text-classification", texts, text_triton.max_lengths["clf"])
     assert "input text: BYTES, 3 text(s) from --text in 1 request(s)" in out
     assert "output label: BYTES [3, 1]" in out
     for text, index in zip(texts, logits.argmax(-1), strict=True):
@@ -336,7 +285,7 @@ def test_infer_cli_reads_a_text_file_over_grpc(
     out = capsys.readouterr().out
     assert code == 0
     assert f"input text: BYTES, 10 text(s) from {data} in 2 request(s)" in out  # max_batch_size 8
-    expected = _hf.reference_embeddings(text_triton.sources["emb"], texts[:1], max_length=MAX_LENGTH)[0]
+    expected = _hf.reference_embeddings(text_triton.sources["emb"], texts[:1], text_triton.max_lengths["emb"])[0]
     first = ", ".join(f"{v:.4f}" for v in expected[:4])
     assert re.search(rf"  \".*\": embedding \[{re.escape(first)}, \.\.\.\] norm 1\.0000$", out, re.M), out
 

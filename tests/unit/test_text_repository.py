@@ -30,6 +30,7 @@ from modelservice.convert.textserving import (
     LABELS_TEMPLATE,
     PAD_MULTIPLE,
     TOKENIZER_TEMPLATE,
+    check_tokenizer,
     encoder_name,
     model_names,
     template,
@@ -206,6 +207,26 @@ def test_missing_tokenizer_and_unbatched_serving_are_refused(tmp_path: Path, tok
     unbatched = make_ms("sentence-embedding", {"maxBatchSize": 0, "dynamicBatching": None})
     with pytest.raises(UserError, match=r"spec.serving.maxBatchSize: a text model is served as a batching ensemble"):
         write_text_ensemble(tmp_path, unbatched, encoder(tokenizer_file, "sentence-embedding"))
+
+
+def test_inputs_renamed_in_the_spec_are_wired_by_position(tmp_path: Path, tokenizer_file: Path) -> None:
+    """spec.model.inputs may rename the encoder's inputs (convert/hf.py keeps its order: ids, mask, types): the
+    tokenizer still makes input_ids/attention_mask/token_type_ids and the ensemble wires them to the new names."""
+    ms = make_ms("token-classification")
+    write_text_ensemble(tmp_path, ms, encoder(tokenizer_file, "token-classification", ("ids", "mask", "types")))
+    tokenizer = read_config(tmp_path / "texts-tokenizer" / "config.pbtxt")
+    assert [t.name for t in tokenizer.output] == ["input_ids", "attention_mask", "token_type_ids"]
+    steps = read_config(tmp_path / "texts" / "config.pbtxt").ensemble_scheduling.step
+    assert dict(steps[0].output_map) == {"input_ids": "ids", "attention_mask": "mask", "token_type_ids": "types"}
+    assert dict(steps[1].input_map) == {"ids": "ids", "mask": "mask", "types": "types"}
+    assert dict(steps[2].input_map) == {"logits": "logits", "attention_mask": "mask"}
+
+
+def test_model_vocabulary_smaller_than_the_tokenizer_is_another_models_tokenizer(tokenizer_file: Path) -> None:
+    kind, size = check_tokenizer(tokenizer_file, 0, model_vocabulary=10_000)
+    assert kind == "WordPiece" and size > 100
+    with pytest.raises(UserError, match=rf"its vocabulary has {size} tokens but the model embeds 100: not this model"):
+        check_tokenizer(tokenizer_file, 0, model_vocabulary=100)
 
 
 def test_encoder_inputs_the_tokenizer_cannot_make(tmp_path: Path, tokenizer_file: Path) -> None:

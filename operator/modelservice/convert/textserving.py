@@ -78,9 +78,10 @@ def template(name: str) -> str:
     return resources.files("modelservice.convert").joinpath(name).read_text(encoding="utf-8")
 
 
-def check_tokenizer(path: Path, pad_id: int) -> tuple[str, int]:
+def check_tokenizer(path: Path, pad_id: int, model_vocabulary: int | None = None) -> tuple[str, int]:
     """Load ``path`` with the ``tokenizers`` library as the tokenizer step will, and encode a sentence; returns
-    (model type, vocabulary size). UserError in one line when it is not a usable tokenizer.json."""
+    (model type, vocabulary size). UserError in one line when it is not a usable tokenizer.json, or (given the
+    model's ``vocab_size``) when it makes token ids the model has no embedding for: another model's tokenizer."""
     where = f"spec.model.uri: {path.name}"
     try:
         from tokenizers import Tokenizer
@@ -97,24 +98,32 @@ def check_tokenizer(path: Path, pad_id: int) -> tuple[str, int]:
     vocabulary = tokenizer.get_vocab_size(with_added_tokens=True)
     if not encoding.ids:
         raise UserError(f"{where}: encodes a sentence to no tokens at all; not the model's tokenizer?")
+    if model_vocabulary is not None and vocabulary > model_vocabulary:
+        raise UserError(
+            f"{where}: its vocabulary has {vocabulary} tokens but the model embeds {model_vocabulary}: "
+            "not this model's tokenizer"
+        )
     if not 0 <= pad_id < vocabulary:
         raise UserError(f"{where}: the padding id {pad_id} is outside its vocabulary of {vocabulary} tokens")
     model_type = json.loads(tokenizer.to_str()).get("model", {}).get("type") or "unknown"
     return str(model_type), vocabulary
 
 
-def _encoder_inputs(encoder: LoadedModel) -> list[TensorSpec]:
+def encoder_roles(encoder: LoadedModel) -> dict[str, str]:
+    """What each encoder input is, as {tokenizer output: encoder input name}: by name (input_ids, attention_mask,
+    token_type_ids), or, when spec.model.inputs renamed them, by position in that order (convert/hf.py's)."""
     names = [spec.name for spec in encoder.inputs]
-    unknown = [name for name in names if name not in ENCODER_INPUTS]
-    if unknown or "input_ids" not in names:
-        raise UserError(
-            f"the converted text encoder takes {', '.join(names)}; the tokenizer step makes "
-            f"{', '.join(ENCODER_INPUTS)} (input_ids required)"
-        )
     for spec in encoder.inputs:
         if spec.dtype not in ("INT64", "INT32") or len(spec.shape) != 1:
-            raise UserError(f"text encoder input {spec.name}: expected INT64 [-1], got {spec.dtype} {spec.shape}")
-    return list(encoder.inputs)
+            raise UserError(f"text encoder input {spec.name}: expected INT64 [-1], got {spec.dtype} {list(spec.shape)}")
+    if "input_ids" in names and set(names) <= set(ENCODER_INPUTS):
+        return {name: name for name in names}
+    if 1 <= len(names) <= len(ENCODER_INPUTS) and not set(names) & set(ENCODER_INPUTS):
+        return dict(zip(ENCODER_INPUTS, names, strict=False))
+    raise UserError(
+        f"spec.model.inputs: the text encoder takes {', '.join(names)}; the tokenizer step makes "
+        f"{', '.join(ENCODER_INPUTS)} (input_ids required; renamed inputs are taken in this order)"
+    )
 
 
 def _write_python_model(folder: Path, config: ModelConfig, source: str, files: dict[str, Path]) -> None:
@@ -126,9 +135,11 @@ def _write_python_model(folder: Path, config: ModelConfig, source: str, files: d
     write_config(config, folder / CONFIG_FILE)
 
 
-def _tokenizer_model(ms: ModelService, info: TransformerInfo, inputs: list[TensorSpec], max_length: int) -> ModelConfig:
+def _tokenizer_model(
+    ms: ModelService, info: TransformerInfo, made: dict[str, str], dtypes: dict[str, str], max_length: int
+) -> ModelConfig:
     text = ConfigTensor(TEXT_INPUT, "BYTES", [1])
-    outputs = [ConfigTensor(spec.name, spec.dtype, [-1]) for spec in inputs]
+    outputs = [ConfigTensor(role, dtypes.get(role, "INT64"), [-1]) for role in made]
     config = build_model_config(
         ms, platform="python", inputs=[text], outputs=outputs, name=tokenizer_name(ms), cpu_only=True
     )
@@ -182,18 +193,21 @@ def write_text_ensemble(staging: Path, ms: ModelService, encoder: LoadedModel) -
         raise UserError("spec.serving.maxBatchSize: a text model is served as a batching ensemble; set it to 1 or more")
     kind, vocabulary = check_tokenizer(info.tokenizer, info.pad_id)
     max_length = info.max_length or ms.spec.model.max_sequence_length or DEFAULT_MAX_LENGTH
-    inputs = _encoder_inputs(encoder)
-    made = list(inputs)  # what the tokenizer makes: the encoder's inputs, + the mask the labels step reads
-    if ms.spec.model.task == "token-classification" and "attention_mask" not in {s.name for s in inputs}:
-        made.append(TensorSpec(name="attention_mask", dtype="INT64", shape=[-1]))
-    tokenizer = _tokenizer_model(ms, info, made, max_length)
+    roles = encoder_roles(encoder)
+    dtypes: dict[str, str] = {role: spec.dtype for role, spec in zip(roles, encoder.inputs, strict=True)}
+    # What the tokenizer makes, as {its output: ensemble tensor}: the encoder's inputs (the ensemble tensors are
+    # named as the encoder names them), plus the mask a token classifier's labels step reads.
+    made = dict(roles)
+    if ms.spec.model.task == "token-classification":
+        made.setdefault("attention_mask", "attention_mask")
+    tokenizer = _tokenizer_model(ms, info, made, dtypes, max_length)
     _write_python_model(
         staging / tokenizer_name(ms), tokenizer, template(TOKENIZER_TEMPLATE), {TOKENIZER_FILE: info.tokenizer}
     )
     steps = [
-        EnsembleStep(tokenizer_name(ms), {TEXT_INPUT: TEXT_INPUT}, {spec.name: spec.name for spec in made}),
+        EnsembleStep(tokenizer_name(ms), {TEXT_INPUT: TEXT_INPUT}, made),
         EnsembleStep(
-            encoder_name(ms), {spec.name: spec.name for spec in inputs}, {s.name: s.name for s in encoder.outputs}
+            encoder_name(ms), {name: name for name in roles.values()}, {s.name: s.name for s in encoder.outputs}
         ),
     ]
     outputs: list[TensorSpec | ConfigTensor] = list(encoder.outputs)
@@ -207,7 +221,7 @@ def write_text_ensemble(staging: Path, ms: ModelService, encoder: LoadedModel) -
         _write_python_model(staging / labels_name(ms), config, template(LABELS_TEMPLATE), {})
         mapping = {"logits": logits.name}
         if ms.spec.model.task == "token-classification":
-            mapping["attention_mask"] = "attention_mask"
+            mapping["attention_mask"] = made["attention_mask"]
         steps.append(EnsembleStep(labels_name(ms), mapping, {LABEL_OUTPUT: LABEL_OUTPUT}))
         outputs.append(label)
         notes[0] += f" -> {labels_name(ms)} ({len(info.labels)} labels)"
