@@ -115,7 +115,9 @@ def write_text_model(
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         ]
         if normalize:
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            modules.append(
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+            )
             (folder / "2_Normalize").mkdir(exist_ok=True)
         (folder / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
         (folder / "1_Pooling").mkdir(exist_ok=True)

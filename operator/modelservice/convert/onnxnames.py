@@ -63,9 +63,7 @@ def rename_values(model: Any, mapping: dict[str, str]) -> list[str]:
     if aside:
         _apply(model.graph, aside)
     _apply(model.graph, mapping)
-    return [
-        f"internal value {old!r} renamed to {new!r} (its name is a served tensor name)" for old, new in aside.items()
-    ]
+    return [f"internal value {old!r} renamed to {new!r} (a served tensor takes its name)" for old, new in aside.items()]
 
 
 def rename_file(path: Path, mapping: dict[str, str]) -> list[str]:

@@ -61,9 +61,18 @@ def convert(item: LoadedModelService, out: Path, options: ConvertOptions) -> Rep
         timings: dict[str, float] = {}
         progress.step("fetch", ms.spec.model.uri)
         t0 = time.perf_counter()
-        fetched = fetch(
-            ms.spec.model.uri, work / "source", sha256=ms.spec.model.sha256, base_dir=item.base_dir, progress=progress
-        )
+        try:
+            fetched = fetch(
+                ms.spec.model.uri,
+                work / "source",
+                sha256=ms.spec.model.sha256,
+                base_dir=item.base_dir,
+                progress=progress,
+            )
+        except UserError as exc:  # name the field whose value failed (fetch itself knows only the URI)
+            if str(exc).startswith("spec."):
+                raise
+            raise UserError(f"spec.model.uri: {exc}") from None
         data_path, calibration_path = _data_files(item, work, progress)
         timings["fetchSeconds"] = time.perf_counter() - t0
         key = conversion_hash(ms, fetched.sha256, data_path, calibration_path)
