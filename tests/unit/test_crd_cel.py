@@ -71,10 +71,14 @@ PYTORCH = {
     "inputs": [{"name": "x", "shape": [64]}],
 }
 
+HF = {"uri": "s3://m/minilm/", "format": "huggingface", "task": "sentence-embedding", "maxSequenceLength": 128}
+
 VALID = [
     doc({"model": PYTORCH}),
     doc({"model": {"uri": "pvc://repo/digits", "format": "triton-repository"}, "conversion": {"target": "none"}}),
     doc({"model": {"uri": "s3://m/x.onnx", "format": "onnx"}, "conversion": {"precision": "int8"}}),
+    doc({"model": HF, "conversion": {"precision": "auto", "verification": {"metric": "cosine", "minCosine": 0.995}}}),
+    doc({"model": {"uri": "s3://m/vit/", "format": "huggingface", "task": "image-classification"}}),
     doc(
         {
             "model": PYTORCH,
@@ -112,6 +116,12 @@ INVALID = {
     "tensorrt without gpu": doc({"model": PYTORCH, "conversion": {"target": "tensorrt"}}),
     "torchscript int8": doc({"model": PYTORCH, "conversion": {"target": "torchscript", "precision": "int8"}}),
     "name too long": doc({"model": PYTORCH}, name="d" * 41),
+    "huggingface without task": doc({"model": {"uri": "s3://m/x/", "format": "huggingface"}}),
+    "task on onnx": doc({"model": {"uri": "s3://x", "format": "onnx", "task": "sentence-embedding"}}),
+    "maxSequenceLength on images": doc(
+        {"model": {"uri": "s3://x/", "format": "huggingface", "task": "image-classification", "maxSequenceLength": 9}}
+    ),
+    "target none for huggingface": doc({"model": HF, "conversion": {"target": "none"}}),
 }
 
 
