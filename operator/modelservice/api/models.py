@@ -390,8 +390,11 @@ class Resources(ApiModel):
 class Serving(ApiModel):
     """How Triton runs."""
 
-    image: str = Field(
-        default="nvcr.io/nvidia/tritonserver:25.01-py3", min_length=1, description="Triton server image."
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Triton server image. Default: NVIDIA's nvcr.io/nvidia/tritonserver:25.01-py3, or for a text model "
+        "(format huggingface, a text task) the operator's Triton image with the tokenizers library.",
     )
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is not set.")
     max_batch_size: int = Field(default=32, ge=0, le=65536, description="Triton max_batch_size; 0 disables batching.")

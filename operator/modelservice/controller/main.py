@@ -4,7 +4,8 @@ Operator-wide settings come from the environment (the Helm chart sets them):
 
 MODELSERVICE_CONVERTER_IMAGE (conversion Jobs that need no GPU), MODELSERVICE_CONVERTER_GPU_IMAGE (conversion Jobs
 that need a GPU: target tensorrt, or torchscript fp16), MODELSERVICE_CONVERTER_IMAGE_PULL_POLICY (both converter
-images), MODELSERVICE_CLUSTER_DOMAIN, MODELSERVICE_FQDN_ENDPOINTS (true/false), MODELSERVICE_RESYNC_SECONDS
+images), MODELSERVICE_TRITON_TEXT_IMAGE (the Triton image of text models that set no spec.serving.image),
+MODELSERVICE_CLUSTER_DOMAIN, MODELSERVICE_FQDN_ENDPOINTS (true/false), MODELSERVICE_RESYNC_SECONDS
 (default 600; 0 turns the periodic resync off), MODELSERVICE_WORKERS (concurrent reconciles, default 16).
 """
 
@@ -36,6 +37,8 @@ def config_from_env(env: Mapping[str, str]) -> OperatorConfig:
         changes["converter_image"] = env["MODELSERVICE_CONVERTER_IMAGE"]
     if env.get("MODELSERVICE_CONVERTER_GPU_IMAGE"):
         changes["converter_gpu_image"] = env["MODELSERVICE_CONVERTER_GPU_IMAGE"]
+    if env.get("MODELSERVICE_TRITON_TEXT_IMAGE"):
+        changes["triton_text_image"] = env["MODELSERVICE_TRITON_TEXT_IMAGE"]
     if env.get("MODELSERVICE_CONVERTER_IMAGE_PULL_POLICY"):
         changes["converter_image_pull_policy"] = env["MODELSERVICE_CONVERTER_IMAGE_PULL_POLICY"]
     if env.get("MODELSERVICE_CLUSTER_DOMAIN"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from modelservice.api.models import ModelService
+from modelservice.api.models import TEXT_TASKS, ModelService
 from modelservice.render.delivery import model_delivery
 from modelservice.render.job import GPU_RESOURCE, with_gpu_toleration
 from modelservice.render.names import (
@@ -25,10 +25,26 @@ from modelservice.render.quantity import mebibytes, parse_quantity
 from modelservice.render.security import container_security_context, pod_security_context
 
 CONTAINER_NAME = "triton"
+# NVIDIA's Triton image, served when spec.serving.image is unset (text models get OperatorConfig.triton_text_image).
+DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
 SHM_DEFAULT = "1Gi"
 SHM_MIN = "64Mi"
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
+
+
+def is_text_model(ms: ModelService) -> bool:
+    """Served as a Triton ensemble with a python tokenizer step (convert/textserving.py), which imports the
+    tokenizers library: the stock Triton image lacks it."""
+    return ms.spec.model.format == "huggingface" and ms.spec.model.task in TEXT_TASKS
+
+
+def triton_image(ms: ModelService, config: OperatorConfig = DEFAULT_CONFIG) -> str:
+    """spec.serving.image when set; else the operator's text image for a text model, NVIDIA's stock image for
+    every other model."""
+    if ms.spec.serving.image:
+        return ms.spec.serving.image
+    return config.triton_text_image if is_text_model(ms) else DEFAULT_TRITON_IMAGE
 
 
 def triton_args(repository: str) -> list[str]:
@@ -91,7 +107,7 @@ def _container(
 ) -> dict[str, Any]:
     return {
         "name": CONTAINER_NAME,
-        "image": ms.spec.serving.image,
+        "image": triton_image(ms, config),
         "imagePullPolicy": "IfNotPresent",
         "command": ["tritonserver"],
         "args": triton_args(repository),

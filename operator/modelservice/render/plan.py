@@ -27,6 +27,9 @@ class OperatorConfig:
     converter_gpu_image: str = "ghcr.io/modelservice/converter:0.1.0-gpu"
     # Pull policy of both converter images.
     converter_image_pull_policy: str = "IfNotPresent"
+    # The Triton image of text models (format huggingface, a text task) that set no spec.serving.image:
+    # docker/Dockerfile.triton-text, NVIDIA's tritonserver plus the tokenizers library their tokenizer step imports.
+    triton_text_image: str = "ghcr.io/modelservice/triton-text:0.1.0"
     # Where pvc:// claims are mounted inside conversion Jobs (convert/fetch.py maps
     # pvc://CLAIM/PATH -> $MODELSERVICE_PVC_ROOT/CLAIM/PATH).
     pvc_root: str = "/mnt/pvc"
