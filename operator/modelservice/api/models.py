@@ -27,9 +27,9 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 
 # Schemes a ModelService may name. file:// and bare paths are for the local CLI only (the operator
 # has no access to the user's disk); the operator reports them as Stalled.
-CLUSTER_SCHEMES = ("pvc", "http", "https", "s3", "gs")
+CLUSTER_SCHEMES = ("pvc", "http", "https", "s3", "gs", "hf")
 LOCAL_SCHEMES = ("file",)
-URI_PATTERN = r"^((pvc|https?|s3|gs|file)://.+|[^:]+)$"
+URI_PATTERN = r"^((pvc|https?|s3|gs|hf|file)://.+|[^:]+)$"
 
 DType = Literal["FP32", "FP16", "BF16", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "BOOL"]
 Format = Literal["pytorch", "torchscript", "exported-program", "onnx", "triton-repository", "huggingface"]
@@ -146,8 +146,10 @@ class ModelSource(ApiModel):
         min_length=1,
         max_length=2048,
         pattern=URI_PATTERN,
-        description="pvc://CLAIM/PATH, http(s)://, s3://BUCKET/KEY, gs://BUCKET/KEY; for the local CLI also "
-        "file:// or a path (relative to the YAML file's folder). A folder, a file, or a .tar.gz/.zip archive.",
+        description="pvc://CLAIM/PATH, http(s)://, s3://BUCKET/KEY, gs://BUCKET/KEY, hf://ORG/NAME[@REVISION] "
+        "(format huggingface: the Hugging Face Hub, or HF_ENDPOINT; token HF_TOKEN from credentials); for the "
+        "local CLI also file:// or a path (relative to the YAML file's folder). A folder, a file, or a .tar.gz/.zip "
+        "archive.",
     )
     format: Format = Field(
         default="pytorch",

@@ -162,11 +162,16 @@ def _fetch_into(uri: str, staging: Path, *, base_dir: Path, progress: Progress, 
     if scheme in ("http", "https"):
         name = _file_name(urlsplit(uri).path)
         target = staging / name
-        digest = _http_download(uri, target, progress, field)
+        digest = http_download(uri, target, progress, field)
         return Fetched(target, digest, "file")
+    if scheme == "hf":
+        from modelservice.convert.hub import fetch_hub
+
+        folder = fetch_hub(uri, staging, progress, field)
+        return Fetched(folder, path_sha256(folder), "folder")
     if scheme in CLOUD_PACKAGES:
         return _fsspec_fetch(_cloud_filesystem(scheme, field), uri, staging, progress, field)
-    raise UserError(f"{field}: {uri}: unsupported scheme {scheme}:// (file, pvc, http, https, s3, gs)")
+    raise UserError(f"{field}: {uri}: unsupported scheme {scheme}:// (file, pvc, http, https, s3, gs, hf)")
 
 
 def _copy_local(path: Path, staging: Path, *, uri: str, field: str) -> Fetched:
@@ -265,10 +270,10 @@ def _host_header(url: str, field: str = "spec.model.uri") -> str:
     return name if parts.port in (None, _default_port(parts.scheme)) else f"{name}:{parts.port}"
 
 
-def _http_headers(url: str, original: str) -> dict[str, str]:
+def _http_headers(url: str, original: str, bearer: str | None = None) -> dict[str, str]:
     headers = {"Host": _host_header(url), "Accept-Encoding": "identity"}
     parts = urlsplit(url)
-    token = os.environ.get("MODELSERVICE_HTTP_BEARER_TOKEN")
+    token = bearer or os.environ.get("MODELSERVICE_HTTP_BEARER_TOKEN")
     # The token goes only to the host the user named, never to a redirect target elsewhere.
     if token and parts.netloc == urlsplit(original).netloc:
         headers["Authorization"] = f"Bearer {token}"
@@ -345,16 +350,17 @@ def _pinned_get(
     raise UserError(f"{field}: {uri}: request failed: {reason}")
 
 
-def _http_download(uri: str, target: Path, progress: Progress, field: str) -> str:
+def http_download(uri: str, target: Path, progress: Progress, field: str, *, bearer: str | None = None) -> str:
     """Download ``uri`` following up to MAX_REDIRECTS http(s) redirects; each hop's host is resolved and checked
-    once (check_url) and the connection goes to a checked address (see _pinned_get)."""
+    once (check_url) and the connection goes to a checked address (see _pinned_get). ``bearer`` (else
+    ``MODELSERVICE_HTTP_BEARER_TOKEN``) goes only to the host of ``uri``. Returns the SHA-256."""
     from urllib3.exceptions import HTTPError
 
     limit = max_download_bytes()
     current = uri
     for _ in range(MAX_REDIRECTS + 1):
         addresses = check_url(current, field)
-        with _pinned_get(current, addresses, _http_headers(current, uri), uri, field) as response:
+        with _pinned_get(current, addresses, _http_headers(current, uri, bearer), uri, field) as response:
             location = response.headers.get("location")
             if response.status in REDIRECT_STATUSES and location is not None:
                 current = urljoin(current, location)

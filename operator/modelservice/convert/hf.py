@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -230,7 +229,6 @@ def _auto_class(task: str) -> Any:
 def _from_pretrained(task: str, folder: Path, config: dict[str, Any], weights: list[Path], notes: list[str]) -> Any:
     import torch
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     kwargs: dict[str, Any] = {
         "local_files_only": True,
         "trust_remote_code": False,
