@@ -4,7 +4,8 @@ conversion, the conversion pod's termination message, listed on demand).
 The conversion Job's container writes a compact JSON summary to /dev/termination-log::
 
     {"artifact": {"uri", "format", "precision", "sha256", "sizeBytes", "sourceSha256"},
-     "verification": {"maxAbsError", "maxRelError", "accuracy", "referenceAccuracy", "passed"}}
+     "verification": {"metric", "maxAbsError", "maxRelError", "accuracy", "referenceAccuracy", "minCosine",
+                      "top1Agreement", "passed"}}
 
 which the kubelet copies into the pod's ``status.containerStatuses[].state.terminated.message``.
 """
@@ -23,7 +24,9 @@ from modelservice.render import Observed, deployment_name, is_owned_by, job_name
 
 JOB_NAME_LABEL = "job-name"  # set by the Job controller on its pods (also batch.kubernetes.io/job-name)
 ARTIFACT_KEYS = ("uri", "format", "precision", "sha256", "sizeBytes", "sourceSha256")
-VERIFICATION_KEYS = ("maxAbsError", "maxRelError", "accuracy", "referenceAccuracy", "passed")
+VERIFICATION_KEYS = (
+    "metric", "maxAbsError", "maxRelError", "accuracy", "referenceAccuracy", "minCosine", "top1Agreement", "passed"
+)  # fmt: skip
 
 
 def _kind(kind: str) -> tuple[str, str]:

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 SUMMARY_LIMIT = 3000
+SUMMARY_VERIFICATION_KEYS = (
+    "metric", "maxAbsError", "maxRelError", "accuracy", "referenceAccuracy", "minCosine", "top1Agreement", "passed"
+)  # fmt: skip
 
 
 @dataclass
@@ -36,6 +39,8 @@ class Report:
                 f"accuracy {100 * verification['accuracy']:.2f}% "
                 f"(original {100 * verification.get('referenceAccuracy', 0):.2f}%)"
             )
+        if verification.get("minCosine") is not None:
+            parts.append(f"min cosine {verification['minCosine']:.4f}")
         if verification.get("maxAbsError") is not None:
             parts.append(f"max abs error {verification['maxAbsError']:.3g}")
         if verification.get("passed") is not None:
@@ -50,11 +55,9 @@ class Report:
             "modelName": self.data.get("modelName"),
             "conversionHash": self.data.get("conversionHash"),
             "cacheHit": self.cache_hit,
-            "artifact": {k: v for k, v in self.data.get("artifact", {}).items() if k != "method"},
+            "artifact": {k: v for k, v in self.data.get("artifact", {}).items() if k not in ("method", "files")},
             "verification": {
-                k: v
-                for k, v in self.data.get("verification", {}).items()
-                if k in ("maxAbsError", "maxRelError", "accuracy", "referenceAccuracy", "passed")
+                k: v for k, v in self.data.get("verification", {}).items() if k in SUMMARY_VERIFICATION_KEYS
             },
         }
         chosen = self.data.get("chosen")
