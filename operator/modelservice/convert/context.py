@@ -3,11 +3,12 @@ data files, progress, timings and options. The pipeline builds it; the targets r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelservice.api.loader import LoadedModelService
 from modelservice.api.models import ModelService
+from modelservice.convert.external import threshold_from_env
 from modelservice.convert.fetch import Fetched
 from modelservice.convert.progress import Progress
 
@@ -20,7 +21,8 @@ class ConvertOptions:
     measure_seconds: float = 2.0  # time spent measuring each batch size when precision is auto
     # ONNX files whose initializers pass this many bytes keep their weights in an external data file beside
     # model.onnx (protobuf cannot hold more than 2 GiB); tests lower it to exercise that path on small models.
-    external_data_threshold: int = 1 << 30
+    # Default: $MODELSERVICE_EXTERNAL_DATA_THRESHOLD, else 1 GiB (convert/external.py).
+    external_data_threshold: int = field(default_factory=threshold_from_env)
 
 
 @dataclass

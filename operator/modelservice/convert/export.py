@@ -24,6 +24,7 @@ from typing import Any
 
 from modelservice.api.errors import UserError
 from modelservice.api.models import TensorSpec
+from modelservice.convert import external
 from modelservice.convert.load import LoadedModel
 from modelservice.convert.tensors import random_inputs
 
@@ -78,9 +79,11 @@ def _quiet() -> Any:
 
 
 def export_onnx(model: LoadedModel, path: Path, opset: int) -> ExportResult:
-    """Write ``model`` (a torch model) to ``path`` as ONNX with a dynamic batch axis."""
+    """Write ``model`` (a torch model) to ``path`` as ONNX with a dynamic batch axis. The dynamo exporter
+    writes the weights to ``path.data`` (see convert/external.py: every work file keeps them outside the graph)."""
     import torch
 
+    external.remove_model(path)
     args = _example_args(model.inputs)
     input_names = [spec.name for spec in model.inputs]
     output_names = [spec.name for spec in model.outputs]
@@ -106,7 +109,7 @@ def export_onnx(model: LoadedModel, path: Path, opset: int) -> ExportResult:
                     opset_version=dynamo_opset,
                     dynamic_shapes=dims,
                     optimize=True,
-                    external_data=False,
+                    external_data=True,  # weights streamed to path.data: no 2 GiB proto, no copy in memory
                     verbose=False,
                 )
             canonicalize(path)
@@ -136,12 +139,24 @@ def export_onnx(model: LoadedModel, path: Path, opset: int) -> ExportResult:
     return ExportResult("torchscript", _model_opset(path), notes)
 
 
+def release_weights(module: Any) -> None:
+    """Free the memory of ``module``'s parameters and buffers (each becomes an empty tensor) once nothing will
+    run it again. Dropping the module is not enough after a dynamo export: onnxscript's graph rewriter keeps
+    the last graph it matched in its module-level rules, and that graph wraps every parameter (measured: a
+    model's whole size stays resident through quantization and verification otherwise)."""
+    import torch
+
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            with contextlib.suppress(RuntimeError):  # a ScriptModule may refuse; its exporter keeps nothing
+                tensor.data = torch.empty(0, dtype=tensor.dtype)
+
+
 def canonicalize(path: Path) -> None:
     """Drop per-node debugging metadata (stack traces with temporary paths, module names, FX node text) and
-    doc strings, so the same model exports to the same bytes wherever and whenever it is converted."""
-    import onnx
-
-    model = onnx.load(str(path))
+    doc strings, so the same model exports to the same bytes wherever and whenever it is converted. Only the
+    graph is read and rewritten: external weights stay in their data file, untouched."""
+    model = external.load_graph(path)
     graphs = [model.graph, *(f for f in model.functions)]
     while graphs:
         graph = graphs.pop()
@@ -153,7 +168,7 @@ def canonicalize(path: Path) -> None:
         if hasattr(graph, "doc_string"):
             graph.doc_string = ""
     model.doc_string = ""
-    onnx.save(model, str(path))
+    external.write_graph(model, path)
 
 
 def _model_opset(path: Path) -> int:

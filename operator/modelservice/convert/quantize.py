@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import shutil
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelservice.api.errors import UserError
+from modelservice.convert import external
 from modelservice.convert.tensors import Array, batch_count, batch_slice
 
 INTEGER_OPS = {
@@ -90,12 +90,20 @@ def prepare_for_quantization(source: Path, target: Path) -> str | None:
     """``quant_pre_process`` into ``target``; on failure copy the model and return why (a report note)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    external.remove_model(target)
     try:
         with _quiet():
-            quant_pre_process(str(source), str(target), skip_symbolic_shape=False)
+            quant_pre_process(
+                str(source),
+                str(target),
+                skip_symbolic_shape=False,
+                save_as_external_data=True,  # work files keep their weights outside the graph (external.py)
+                all_tensors_to_one_file=True,
+                external_data_location=external.data_path(target).name,
+            )
         return None
     except Exception as exc:
-        shutil.copyfile(source, target)
+        external.copy_model(source, target)
         return f"quantization pre-processing skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
 
 
@@ -106,7 +114,7 @@ def to_fp16(source: Path, target: Path) -> None:
     try:
         with _quiet():
             model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-        onnx.save(model, str(target))
+        external.save_model(model, target)
     except Exception as exc:
         raise UserError(f"conversion.precision: fp16 conversion failed: {type(exc).__name__}: {exc}") from None
 
@@ -114,9 +122,16 @@ def to_fp16(source: Path, target: Path) -> None:
 def quantize_int8_dynamic(prepared: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    external.remove_model(target)
     try:
         with _quiet():
-            quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, reduce_range=True)
+            quantize_dynamic(
+                str(prepared),
+                str(target),
+                weight_type=QuantType.QInt8,
+                reduce_range=True,
+                use_external_data_format=True,  # writes target.data (external.py)
+            )
     except Exception as exc:
         raise UserError(
             f"conversion.quantization: int8 dynamic quantization failed: {type(exc).__name__}: {exc}"
@@ -156,6 +171,7 @@ def quantize_int8_static(
     class Reader(_CalibrationReader, CalibrationDataReader):  # type: ignore[misc]
         pass
 
+    external.remove_model(target)
     try:
         with _quiet():
             quantize_static(
@@ -168,6 +184,7 @@ def quantize_int8_static(
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 extra_options=_TENSORRT_QDQ if symmetric else None,
+                use_external_data_format=True,  # writes target.data (external.py)
             )
     except Exception as exc:
         raise UserError(

@@ -12,7 +12,8 @@ from modelservice.api.errors import UserError
 from modelservice.api.models import ModelService, TensorSpec
 from modelservice.convert.context import ConvertContext
 from modelservice.convert.digest import file_sha256
-from modelservice.convert.export import export_onnx, export_torchscript, load_torchscript
+from modelservice.convert.export import export_onnx, export_torchscript, load_torchscript, release_weights
+from modelservice.convert.external import artifact_digest, copy_model, install_model
 from modelservice.convert.load import LoadedModel, run_torch
 from modelservice.convert.repository import (
     CONFIG_FILE,
@@ -32,7 +33,7 @@ from modelservice.convert.variants import (
     serving_batch,
     verify_variant,
 )
-from modelservice.convert.verify import Runner, VerifyData, check_against_spec, load_npz, run_batched
+from modelservice.convert.verify import Runner, VerifyData, check_against_spec, load_npz, ort_runner, run_batched
 
 VERSION = "1"
 
@@ -41,24 +42,62 @@ def _write_model(ctx: ConvertContext, platform: str, artifact: Path, model: Load
     folder = ctx.staging / ctx.ms.name
     target = folder / VERSION / model_file_name(platform)
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(artifact, target)
+    if platform == "onnx":  # model.onnx, with model.onnx.data past the threshold (convert/external.py)
+        install_model(artifact, target, ctx.options.external_data_threshold)
+    else:
+        shutil.copyfile(artifact, target)
     config = build_model_config(ctx.ms, platform=platform, inputs=model.inputs, outputs=model.outputs)
     write_config(config, folder / CONFIG_FILE)
     return target
 
 
 def _artifact(ctx: ConvertContext, path: Path, fmt: str, precision: str, method: str | None = None) -> dict[str, Any]:
+    """sha256 and sizeBytes cover the model file and its external data (convert/external.py): the digest of
+    the listed ``files`` concatenated in order, and their total size."""
+    digest, files = artifact_digest(path)
     entry: dict[str, Any] = {
         "uri": path.relative_to(ctx.staging).as_posix(),
         "format": fmt,
         "precision": precision,
-        "sha256": file_sha256(path),
-        "sizeBytes": path.stat().st_size,
+        "sha256": digest,
+        "sizeBytes": sum(f.size_bytes for f in files),
         "sourceSha256": ctx.fetched.sha256,
+        "files": [{**f.as_dict(), "path": f.path.relative_to(ctx.staging).as_posix()} for f in files],
     }
     if method:
         entry["method"] = method
     return entry
+
+
+def _verify_installed(
+    ctx: ConvertContext,
+    target: Path,
+    precision: str,
+    verify_data: VerifyData,
+    reference: list[Array],
+    model: LoadedModel,
+) -> dict[str, Any]:
+    """Run the model as installed in the staging repository (``target``, with its data file) on the
+    verification inputs and check it against the original again: the report's verification comes from here,
+    so an artifact that lost a file on the way in can never be reported verified."""
+    uri = target.relative_to(ctx.staging).as_posix()
+    ctx.progress.step("verify", f"{uri} as installed: comparing with the original on {verify_data.description}")
+    try:
+        runner = ort_runner(target) if target.suffix == ".onnx" else _torchscript_runner(target, model)
+        outputs = run_batched(runner, verify_data.inputs, 64)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise UserError(f"conversion: the installed {uri} does not run: {type(exc).__name__}: {first}") from None
+    verification = ctx.ms.spec.conversion.verification
+    check = check_against_spec(reference, outputs, verify_data.labels, precision=precision, spec=verification)
+    if not check.passed:
+        raise _fail(check.problems, f"the installed {uri}")
+    return _verification(check.as_status(), ctx.ms, verify_data)
+
+
+def _torchscript_runner(path: Path, model: LoadedModel) -> Runner:
+    module = load_torchscript(path)
+    return lambda batch: run_torch(module, batch, model.inputs)
 
 
 def _fail(problems: list[str], what: str) -> UserError:
@@ -85,9 +124,8 @@ def onnx_target(
     ctx.timings["quantizeVerifySeconds"] = time.perf_counter() - t0
     chosen = _pick(ctx, variants, inputs, data)
     target = _write_model(ctx, "onnx", chosen.path, model)
+    data["verification"] = _verify_installed(ctx, target, chosen.precision, verify_data, reference, model)
     data["artifact"] = _artifact(ctx, target, "onnx", chosen.precision, chosen.method)
-    assert chosen.check is not None
-    data["verification"] = _verification(chosen.check.as_status(), ms, verify_data)
 
 
 def _export_onnx(ctx: ConvertContext, model: LoadedModel, data: dict[str, Any]) -> Path:
@@ -98,10 +136,11 @@ def _export_onnx(ctx: ConvertContext, model: LoadedModel, data: dict[str, Any]) 
     if model.is_torch:
         ctx.progress.step("convert", f"exporting to ONNX (opset {conversion.opset}, dynamic batch axis)")
         exported = export_onnx(model, fp32, conversion.opset)
+        release_weights(model.module)  # nothing runs torch after export (the reference outputs are computed)
         data["export"] = {"exporter": exported.exporter, "opset": exported.opset}
         data["notes"] += exported.notes
     else:
-        shutil.copyfile(model.file, fp32)
+        copy_model(model.file, fp32)  # with its external data, if any
         data["export"] = {"exporter": "none (onnx source)"}
     ctx.timings["exportSeconds"] = time.perf_counter() - t0
     return fp32
@@ -200,8 +239,8 @@ def torchscript_target(
     if not check.passed:
         raise _fail(check.problems, f"the TorchScript {precision} model")
     target = _write_model(ctx, "torchscript", path, model)
+    data["verification"] = _verify_installed(ctx, target, precision, verify_data, reference, model)
     data["artifact"] = _artifact(ctx, target, "torchscript", precision)
-    data["verification"] = _verification(check.as_status(), ctx.ms, verify_data)
 
 
 # -------------------------------------------------------------------------------------------- tensorrt

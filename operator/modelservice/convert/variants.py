@@ -9,7 +9,6 @@ picks a variant slower than fp32 (for tiny CNNs, int8 is slower and fp32 wins).
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from modelservice.api.errors import UserError
 from modelservice.api.models import ModelService
+from modelservice.convert.external import copy_model, model_size
 from modelservice.convert.measure import interleaved_latency
 from modelservice.convert.progress import Progress
 from modelservice.convert.quantize import (
@@ -55,7 +55,7 @@ class Variant:
         entry: dict[str, Any] = {
             "name": self.name,
             "precision": self.precision,
-            "sizeBytes": self.path.stat().st_size,
+            "sizeBytes": model_size(self.path),
             "buildSeconds": round(self.build_seconds, 3),
             "passed": self.passed,
         }
@@ -127,7 +127,7 @@ def build_variant(
     path = inputs.workdir / f"{name}.onnx"
     variant = Variant(name, precision, method, path)
     if precision == "fp32":
-        shutil.copyfile(inputs.fp32, path)
+        copy_model(inputs.fp32, path)
     elif precision == "fp16":
         progress.step("quantize", "fp16: converting float tensors to float16 (inputs/outputs stay float32)")
         to_fp16(inputs.fp32, path)
@@ -157,7 +157,7 @@ def build_variant(
             variant.note = f"partly quantized: {variant.stats.describe()}"
         progress.step("quantize", f"{name}: {variant.stats.describe()}")
     variant.build_seconds = time.perf_counter() - started
-    variant.fp32_bytes = inputs.fp32.stat().st_size
+    variant.fp32_bytes = model_size(inputs.fp32)
     return variant
 
 
