@@ -216,6 +216,8 @@ def _check_installed(out: Path, report: Report, kind: str, atol: float | None) -
         "report.json",
     ]
     assert external.data_files(version / "model.onnx") == [version / "model.onnx.data"]
+    for file in version.iterdir():  # readable by Triton, which may run as another user than the conversion
+        assert file.stat().st_mode & 0o444 == 0o444, file.name
     split = _digits.load_split()
     import torch
 

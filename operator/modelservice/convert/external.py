@@ -20,6 +20,7 @@ file. A ``location`` outside the model's folder (absolute, ``..``, a link) is re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -216,15 +217,24 @@ def remove_model(path: Path) -> None:
         file.unlink(missing_ok=True)
 
 
-def _write_bytes(path: Path, content: bytes) -> None:
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[BinaryIO]:
+    """A temporary file beside ``path``, readable by all (Triton may run as another user than the conversion)
+    and renamed over ``path`` once written; removed if writing fails."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
+            yield handle
+        os.chmod(temp, 0o644)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _write_bytes(path: Path, content: bytes) -> None:
+    with _replacing(path) as handle:
+        handle.write(content)
 
 
 def _serialize(model: ModelProto, path: Path) -> bytes:
@@ -306,17 +316,11 @@ def save_model(model: ModelProto, path: Path, threshold: int = 0) -> None:
         _write_bytes(path, _serialize(model, path))
         return
     target = data_path(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            writer = _DataWriter(handle, target.name)
-            for tensor in tensors(model):
-                if tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_BELOW:
-                    writer.add_bytes(tensor, tensor.raw_data)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with _replacing(target) as handle:
+        writer = _DataWriter(handle, target.name)
+        for tensor in tensors(model):
+            if tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_BELOW:
+                writer.add_bytes(tensor, tensor.raw_data)
     _write_bytes(path, _serialize(model, path))
 
 
@@ -337,17 +341,11 @@ def copy_model(source: Path, target: Path) -> None:
         remove_model(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     destination = data_path(target)
-    fd, temp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            writer = _DataWriter(handle, destination.name)
-            for tensor in external:
-                start, length = _span(tensor)
-                writer.add_file_range(tensor, _resolve(source.parent, _location(tensor), source), start, length)
-        os.replace(temp, destination)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with _replacing(destination) as handle:
+        writer = _DataWriter(handle, destination.name)
+        for tensor in external:
+            start, length = _span(tensor)
+            writer.add_file_range(tensor, _resolve(source.parent, _location(tensor), source), start, length)
     _write_bytes(target, _serialize(graph, target))
     for stale in old:
         if stale.resolve() != destination.resolve():
