@@ -10,8 +10,10 @@ merged repository goes through ``make_runnable`` as ``modelservice serve`` does.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,13 +27,15 @@ import tritonclient.http as httpclient
 import yaml
 
 import _hf
+from _serving import Lines
 from modelservice.api.loader import load_one
 from modelservice.cli import main
 from modelservice.convert.pipeline import ConvertOptions, convert
 from modelservice.convert.repository import read_config
 from modelservice.convert.textserving import PAD_MULTIPLE
+from modelservice.serve.local import CURL_TEXT
 from modelservice.serve.pybackend import make_runnable
-from modelservice.serve.triton import TritonProcess, find_tritonserver
+from modelservice.serve.triton import TritonProcess, find_tritonserver, free_port
 
 pytestmark = pytest.mark.triton
 
@@ -44,10 +48,12 @@ class TextModel:
     task: str
     output: str
     layout: str = "transformers"
+    queue_delay_us: int = 2000
 
 
 MODELS = [
-    TextModel("emb", "sentence-embedding", "embedding", "sentence-transformers"),
+    # 20 ms of queue delay: concurrent requests reliably meet in the batcher even on a busy 2-core machine
+    TextModel("emb", "sentence-embedding", "embedding", "sentence-transformers", queue_delay_us=20000),
     TextModel("clf", "text-classification", "logits"),
     TextModel("tok", "token-classification", "logits"),
 ]
@@ -63,7 +69,10 @@ def write_text_modelservice(folder: Path, model: TextModel) -> Path:
         "spec": {
             "model": {"uri": "src", "format": "huggingface", "task": model.task},
             "conversion": {"target": "onnx", "precision": "fp32"},
-            "serving": {"maxBatchSize": MAX_BATCH, "dynamicBatching": {"maxQueueDelayMicroseconds": 2000}},
+            "serving": {
+                "maxBatchSize": MAX_BATCH,
+                "dynamicBatching": {"maxQueueDelayMicroseconds": model.queue_delay_us},
+            },
         },
     }
     path = folder / "modelservice.yaml"
@@ -76,15 +85,18 @@ class TextTriton:
     process: TritonProcess
     sources: dict[str, Path]
     max_lengths: dict[str, int]  # what the converter resolved (the tokenizer step's max_length)
+    specs: dict[str, Path]  # the ModelService YAML files
+    cache_dir: Path  # the conversion cache that converted them
 
 
 @pytest.fixture(scope="module")
 def text_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TextTriton]:
     root = tmp_path_factory.mktemp("text")
     converted = root / "converted"
-    sources, max_lengths = {}, {}
+    sources, max_lengths, specs = {}, {}, {}
     for model in MODELS:
-        item = load_one(write_text_modelservice(root / model.name, model))
+        specs[model.name] = write_text_modelservice(root / model.name, model)
+        item = load_one(specs[model.name])
         out = root / model.name / "out"
         convert(item, out, ConvertOptions(cache_dir=root / "cache", progress=False))
         sources[model.name] = root / model.name / "src"
@@ -99,7 +111,7 @@ def text_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TextTriton
         repository=root / "repository", log_path=root / "triton.log", install=install, cache_dir=root / "cache"
     )
     with process:
-        yield TextTriton(process, sources, max_lengths)
+        yield TextTriton(process, sources, max_lengths, specs, root / "cache")
 
 
 def texts_array(texts: list[str]) -> np.ndarray:
@@ -298,3 +310,70 @@ def test_infer_cli_batch_beyond_the_model_is_one_line(text_triton: TextTriton) -
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip() == "error: --batch 9 exceeds the model's max_batch_size 8"
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(text_triton: TextTriton) -> None:
+    """Single-text requests sent at once: the tokenizer's dynamic batcher hands several to one execute(), which
+    pads them to one length, so the encoder's batcher can group them too; every request still gets the embedding
+    of its own text."""
+    texts = _hf.sentences()[:24]
+    url = text_triton.process.http_url
+    before = _execution_counts(url, "emb-tokenizer")
+    before_encoder = _execution_counts(url, "emb-encoder")[1]
+    client = httpclient.InferenceServerClient(url, concurrency=len(texts))
+    try:
+        pending = []
+        for text in texts:
+            item = httpclient.InferInput("text", [1, 1], "BYTES")
+            item.set_data_from_numpy(texts_array([text]))
+            pending.append(client.async_infer("emb", [item]))
+        served = np.concatenate([request.get_result().as_numpy("embedding") for request in pending])
+    finally:
+        client.close()
+    expected = _hf.reference_embeddings(text_triton.sources["emb"], texts, text_triton.max_lengths["emb"])
+    assert cosine(served, expected).min() > 0.999
+    assert np.abs(served - expected).max() < 1e-3
+    after = _execution_counts(url, "emb-tokenizer")
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == len(texts)
+    assert executions < inferences, "the tokenizer's dynamic batcher never grouped requests"
+    assert _execution_counts(url, "emb-encoder")[1] - before_encoder < len(texts), "the encoder never batched"
+
+
+def _execution_counts(url: str, model: str) -> tuple[int, int]:
+    client = httpclient.InferenceServerClient(url)
+    try:
+        (stats,) = client.get_inference_statistics(model)["model_stats"]
+    finally:
+        client.close()
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def test_serve_command_serves_a_text_model_and_its_curl_example_works(text_triton: TextTriton) -> None:
+    """``modelservice serve`` of the embedding ModelService (a conversion cache hit): the printed curl example
+    sends a sentence and gets its embedding; SIGTERM stops everything."""
+    ports = [free_port(), free_port(), free_port()]
+    command = [sys.executable, "-m", "modelservice.cli", "serve", "-f", str(text_triton.specs["emb"]),
+               "--cache-dir", str(text_triton.cache_dir), "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+               "--metrics-port", str(ports[2])]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    out = Lines(process.stdout)
+    try:
+        printed = out.until("Press Ctrl-C", timeout=240)
+        assert "  model emb: ensemble" in printed and "model emb-tokenizer: python artifact" in printed
+        assert f'modelservice infer --url 127.0.0.1:{ports[0]} -m emb --text "{CURL_TEXT}"' in printed
+        curl = re.search(r"^\s*(curl -s \S+/v2/models/emb/infer .*)$", printed, re.M)
+        assert curl is not None, printed
+        assert "/v2/models/emb-tokenizer/infer" not in printed
+        answer = json.loads(
+            subprocess.run(curl.group(1), shell=True, capture_output=True, text=True, check=True).stdout
+        )
+        (output,) = answer["outputs"]
+        assert output["name"] == "embedding" and output["shape"] == [1, 64]
+        expected = _hf.reference_embeddings(text_triton.sources["emb"], [CURL_TEXT], text_triton.max_lengths["emb"])
+        assert np.abs(np.array(output["data"], dtype=np.float32) - expected[0]).max() < 1e-3
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    assert "stopped" in out.rest(timeout=5)
