@@ -19,6 +19,7 @@ it competes with the server. Servers run as subprocesses bound to 127.0.0.1 on f
 Usage: python hack/bench-serve.py [--duration 8] [--concurrency 1,8,32] [--models cnn,encoder]
                                   [--systems a,b,c,d,e] [--precision fp32] [--json out.json] [--markdown out.md]
 Timings on a shared machine are noisy: each cell is one run of --duration seconds after a warm-up; say so.
+Cells, the servers and the load generator are shared with bench-serve-text.py (hack/_servebench.py).
 """
 
 from __future__ import annotations
@@ -27,19 +28,11 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +42,19 @@ from numpy.typing import NDArray
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "lib"))  # _digits: the example's architectures and ModelService writer
 import _digits  # noqa: E402
+from _servebench import (  # noqa: E402  (hack/ is on sys.path: this script's folder)
+    Cell,
+    Measured,
+    Report,
+    bench_json,
+    drive,
+    machine,
+    make_cell,
+    package_version,
+    percentiles,
+    print_cell,
+    start_python_server,
+)
 
 KINDS = {"cnn": "cnn", "encoder": "encoder-large"}  # bench name -> _digits kind
 SYSTEMS = {
@@ -60,41 +66,6 @@ SYSTEMS = {
 }
 MAX_BATCH = 32
 Array = NDArray[Any]
-
-
-# --------------------------------------------------------------------------------------------- results
-
-
-@dataclass
-class Cell:
-    model: str
-    system: str
-    concurrency: int
-    requests: int
-    errors: int
-    seconds: float
-    throughput: float  # samples per second
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    loadgen_cores: float  # CPU seconds of the load generator per wall second (cores busy)
-    batch: int = 1
-    load_average: float = field(default_factory=lambda: os.getloadavg()[0])  # 1-minute, when the cell ended
-
-
-@dataclass
-class Report:
-    machine: dict[str, Any]
-    settings: dict[str, Any]
-    cells: list[Cell] = field(default_factory=list)
-    goals: list[dict[str, Any]] = field(default_factory=list)
-
-
-def percentiles(latencies: list[float]) -> tuple[float, float, float]:
-    if not latencies:
-        return (float("nan"),) * 3
-    ms = np.array(latencies) * 1000.0
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99))
 
 
 # ---------------------------------------------------------------------------------------- the models
@@ -232,90 +203,10 @@ uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning")
 """
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_python_server(source: str, args: list[str], workdir: Path, name: str) -> Server:
-    from modelservice.serve.triton import free_port
-
-    port = free_port()
-    script = workdir / f"{name}.py"
-    script.write_text(textwrap.dedent(source))
-    log = (workdir / f"{name}.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, str(script), args[0], str(port), *args[1:]], stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{name} exited; see {workdir / (name + '.log')}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1):
-                return Server(process, url)
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"{name} not ready after 60s")
-
-
 # ------------------------------------------------------------------------------------- load generation
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-async def drive(
-    send: Callable[[], Awaitable[bool]], concurrency: int, duration: float, warmup: float
-) -> tuple[list[float], int, float, float]:
-    """``concurrency`` workers send back to back; returns (latencies, errors, seconds, load-generator cores)."""
-    latencies: list[float] = []
-    errors = 0
-    measuring = False
-    stop_at = time.monotonic() + warmup + duration
-
-    async def worker() -> None:
-        nonlocal errors
-        while time.monotonic() < stop_at:
-            start = time.perf_counter()
-            ok = await send()
-            elapsed = time.perf_counter() - start
-            if measuring:
-                if ok:
-                    latencies.append(elapsed)
-                else:
-                    errors += 1
-
-    async def clock() -> tuple[float, float]:
-        nonlocal measuring
-        await asyncio.sleep(warmup)
-        measuring, wall0, cpu0 = True, time.monotonic(), cpu_seconds()
-        await asyncio.sleep(duration)
-        measuring = False
-        wall = time.monotonic() - wall0
-        return wall, (cpu_seconds() - cpu0) / wall
-
-    timing = asyncio.ensure_future(clock())
-    await asyncio.gather(timing, *(worker() for _ in range(concurrency)))
-    wall, cores = timing.result()
-    return latencies, errors, wall, cores
-
-
-async def bench_triton(url: str, model: str, x: Array, concurrency: int, duration: float, warmup: float) -> Any:
+async def bench_triton(url: str, model: str, x: Array, concurrency: int, duration: float, warmup: float) -> Measured:
     import tritonclient.http.aio as aioclient
 
     client = aioclient.InferenceServerClient(url, conn_limit=max(concurrency, 8))
@@ -334,26 +225,6 @@ async def bench_triton(url: str, model: str, x: Array, concurrency: int, duratio
         return await drive(send, concurrency, duration, warmup)
     finally:
         await client.close()
-
-
-async def bench_json(url: str, x: Array, concurrency: int, duration: float, warmup: float) -> Any:
-    import aiohttp
-
-    body = json.dumps({"image": x[:1].tolist()})
-    connector = aiohttp.TCPConnector(limit=max(concurrency, 8))
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
-
-        async def send() -> bool:
-            try:
-                async with session.post(
-                    f"{url}/predict", data=body, headers={"Content-Type": "application/json"}
-                ) as response:
-                    payload = await response.json()
-                    return response.status == 200 and "logits" in payload
-            except (aiohttp.ClientError, TimeoutError):
-                return False
-
-        return await drive(send, concurrency, duration, warmup)
 
 
 def bench_in_process(model_file: Path, x: Array, batch: int, threads: int, duration: float) -> Cell:
@@ -381,23 +252,6 @@ def bench_in_process(model_file: Path, x: Array, batch: int, threads: int, durat
 # ------------------------------------------------------------------------------------------- the run
 
 
-def make_cell(model: str, system: str, concurrency: int, result: Any) -> Cell:
-    latencies, errors, seconds, cores = result
-    p50, p95, p99 = percentiles(latencies)
-    return Cell(
-        model, system, concurrency, len(latencies), errors, seconds, len(latencies) / seconds, p50, p95, p99, cores
-    )
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def run(args: argparse.Namespace, workdir: Path) -> Report:
     from modelservice.serve.triton import TritonProcess
 
@@ -406,12 +260,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
     levels = [int(c) for c in args.concurrency.split(",")]
     report = Report(
         machine={
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "processor": platform.processor(),
-            "onnxruntime": _version("onnxruntime"),
-            "tritonserver": "nvidia-pytriton " + _version("nvidia-pytriton"),
+            **machine("onnxruntime"),
+            "tritonserver": "nvidia-pytriton " + package_version("nvidia-pytriton"),
         },
         settings={
             "command": " ".join(["python hack/bench-serve.py", *sys.argv[1:]]),
@@ -431,13 +281,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
 
     def add(cell: Cell) -> None:
         report.cells.append(cell)
-        print(
-            f"{cell.model:8} {cell.system} c={cell.concurrency:<3} b={cell.batch:<3} {cell.throughput:9.1f}/s "
-            f"p50 {cell.p50_ms:8.2f} p95 {cell.p95_ms:8.2f} p99 {cell.p99_ms:8.2f} ms  "
-            f"loadgen {cell.loadgen_cores:.2f} cores  errors {cell.errors}",
-            file=sys.stderr,
-            flush=True,
-        )
+        print_cell(cell)
 
     if "e" in systems:
         for kind in kinds:
@@ -465,9 +309,12 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
         for kind in kinds:
             extra = [str(args.threads)] if system == "d" else []
             server = start_python_server(source, [str(onnx_path(converted[kind])), *extra], workdir, f"{system}-{kind}")
+            body = json.dumps({"image": x[:1].tolist()}).encode()
             try:
                 for level in levels:
-                    result = asyncio.run(bench_json(server.url, x, level, args.duration, args.warmup))
+                    result = asyncio.run(
+                        bench_json(f"{server.url}/predict", [body], "logits", level, args.duration, args.warmup)
+                    )
                     add(make_cell(kind, system, level, result))
             finally:
                 server.stop()
