@@ -313,3 +313,24 @@ def test_a_failed_install_leaves_the_output_as_it_was(tmp_path: Path, monkeypatc
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "texts", "texts-encoder", "texts-tokenizer"]
     for name in ("texts", "texts-encoder", "texts-tokenizer"):
         assert (out / name / "1" / "marker").read_text(encoding="utf-8") == "first"
+
+
+def test_install_removes_steps_an_earlier_text_model_left(tmp_path: Path) -> None:
+    """A classifier installed, then the same ModelService as a plain model: its old steps go, other models stay."""
+    out = tmp_path / "out"
+    first = _staging(tmp_path / "a", "first")
+    _model(first, "texts-labels", "first")
+    _model(out, "texts-other", "untouched")
+    output.install(first, out, "texts")
+    assert (out / "texts-labels").is_dir()
+    plain = tmp_path / "b"
+    _model(plain, "texts", "second")
+    (plain / "report.json").write_text("{}", encoding="utf-8")
+    output.install(plain, out, "texts")
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "texts", "texts-other"]
+
+
+def test_step_suffixes_cover_every_step_of_a_text_model() -> None:
+    for task in OUTPUTS:
+        ms = make_ms(task)
+        assert {name.removeprefix("texts") for name in model_names(ms)} - {""} <= set(output.STEP_SUFFIXES)

@@ -15,6 +15,10 @@ from pathlib import Path
 
 REPORT = "report.json"
 CONFIG = "config.pbtxt"
+# The folders a text model's ensemble <name> calls (convert/textserving.py): an install of <name> that does not
+# write one of them removes an old one, so a ModelService that stops being a text classifier (or a text model)
+# leaves no orphan step behind for Triton to load.
+STEP_SUFFIXES = ("-tokenizer", "-encoder", "-labels")
 
 
 def default_cache_dir() -> Path:
@@ -58,7 +62,8 @@ def install(staging: Path, out: Path, name: str) -> None:
 
     Everything is copied into a hidden temporary folder inside ``out`` first; only then is each folder renamed
     over the old one (``<name>`` last, report.json after it), so no model folder is ever half-written and a
-    failed copy leaves ``out`` as it was."""
+    failed copy leaves ``out`` as it was. Ensemble steps of an earlier install of ``<name>`` that this one does
+    not write (``<name>-labels`` of a former classifier, ...) are removed."""
     out.mkdir(parents=True, exist_ok=True)
     names = model_folders(staging, name)
     temp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
@@ -72,6 +77,9 @@ def install(staging: Path, out: Path, name: str) -> None:
             if target.exists():
                 os.replace(target, temp / "previous" / folder)
             os.replace(temp / "new" / folder, target)
+        for folder in sorted({name + suffix for suffix in STEP_SUFFIXES} - set(names)):
+            if (out / folder / CONFIG).is_file():
+                os.replace(out / folder, temp / "previous" / folder)
         os.replace(temp / REPORT, out / REPORT)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
