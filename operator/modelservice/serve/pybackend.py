@@ -4,10 +4,10 @@ A converted repository holds ``<model>/config.pbtxt`` (platform onnxruntime_onnx
 tensorrt_plan) and ``<model>/<version>/model.*``; a text model adds python-backend steps (its tokenizer, with
 tokenizer.json beside model.py, and a labels step) and an ensemble (platform ensemble, an empty version folder).
 Where the local Triton has the native backend, the model is copied as is: python models and ensembles always
-are (Triton's core runs ensembles). Where it has not (the nvidia-pytriton wheel ships only the python backend), the model becomes a
-python-backend model with the SAME name, tensors, max_batch_size, dynamic batching and instance groups, whose
-``model.py`` runs the artifact with ONNX Runtime (model.onnx) or TorchScript (model.pt). TensorRT plans need
-a GPU Triton and are refused with a clear error.
+are (Triton's core runs ensembles). Where it has not (the nvidia-pytriton wheel ships only the python backend),
+the model becomes a python-backend model with the SAME name, tensors, max_batch_size, dynamic batching and
+instance groups, whose ``model.py`` runs the artifact with ONNX Runtime (model.onnx) or TorchScript (model.pt).
+TensorRT plans need a GPU Triton and are refused with a clear error.
 """
 
 from __future__ import annotations
