@@ -122,6 +122,7 @@ INVALID = {
         {"model": {"uri": "s3://x/", "format": "huggingface", "task": "image-classification", "maxSequenceLength": 9}}
     ),
     "target none for huggingface": doc({"model": HF, "conversion": {"target": "none"}}),
+    "text model without batching": doc({"model": HF, "serving": {"maxBatchSize": 0}}),
 }
 
 

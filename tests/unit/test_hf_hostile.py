@@ -39,6 +39,14 @@ def _json_that_is_no_tokenizer(folder: Path) -> None:
     (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "Evil"}}), encoding="utf-8")
 
 
+def _another_models_tokenizer(folder: Path) -> None:
+    """A tokenizer of 50,000 tokens beside a model that embeds a few hundred."""
+    from tokenizers import Tokenizer, models
+
+    bigger = Tokenizer(models.WordLevel({f"w{i}": i for i in range(50_000)}, unk_token="w0"))
+    bigger.save(str(folder / "tokenizer.json"))
+
+
 def _config_list(folder: Path) -> None:
     (folder / "config.json").write_text("[1, 2, 3]", encoding="utf-8")
 
@@ -85,8 +93,9 @@ def _truncated_safetensors(folder: Path) -> None:
 
 
 CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
-    "garbage tokenizer.json": (_garbage_tokenizer, "sentence-embedding", "tokenizer.json: not a tokenizers file"),
-    "json that is no tokenizer": (_json_that_is_no_tokenizer, "sentence-embedding", "tokenizer.json: not a tok"),
+    "garbage tokenizer.json": (_garbage_tokenizer, "sentence-embedding", "tokenizer.json: not a Hugging Face tok"),
+    "json that is no tokenizer": (_json_that_is_no_tokenizer, "sentence-embedding", "tokenizer.json: not a Hug"),
+    "another model's tokenizer": (_another_models_tokenizer, "sentence-embedding", "not this model's tokenizer"),
     "config.json a list": (_config_list, "sentence-embedding", "config.json: expected a JSON object"),
     "config.json wants custom code": (_config_custom_code, "sentence-embedding", "custom code is never run"),
     "config.json claims vit": (_config_claims_vit, "sentence-embedding", "cannot build a vit model|do not fit"),

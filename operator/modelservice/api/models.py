@@ -613,6 +613,12 @@ class ModelServiceSpec(ApiModel):
                 "target tensorrt needs serving.resources.gpu >= 1",
                 ".serving",
             ),
+            (
+                "!has(self.model.task) || self.model.task == 'image-classification' || !has(self.serving) "
+                "|| !has(self.serving.maxBatchSize) || self.serving.maxBatchSize > 0",
+                "a text model is served as an ensemble whose tokenizer batches texts: maxBatchSize must be > 0",
+                ".serving.maxBatchSize",
+            ),
         )
     )
 
@@ -632,6 +638,10 @@ class ModelServiceSpec(ApiModel):
             raise ValueError("conversion: format triton-repository is served as is; set target none")
         if fmt == "onnx" and target == "torchscript":
             raise ValueError("conversion: an onnx model cannot be converted to torchscript")
+        if self.model.task in TEXT_TASKS and self.serving.max_batch_size == 0:
+            raise ValueError(
+                "serving: maxBatchSize must be > 0 for a text model (its ensemble's tokenizer step batches texts)"
+            )
         if target == "tensorrt" and self.serving.resources.gpu < 1:
             raise ValueError("serving: target tensorrt needs a GPU (serving.resources.gpu >= 1)")
         if self.conversion.precision == "fp16" and target == "torchscript" and self.serving.resources.gpu < 1:

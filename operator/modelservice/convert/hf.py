@@ -73,7 +73,7 @@ def load_huggingface(source: ModelSource, path: Path) -> LoadedModel:
     notes: list[str] = []
     model = _from_pretrained(source.task, layout.model_dir, config, weights, notes)
     text = source.task in TEXT_TASKS
-    tokenizer = _tokenizer(layout.model_dir, path) if text else None
+    tokenizer = _tokenizer(layout.model_dir, path, config) if text else None
     info = TransformerInfo(
         task=source.task,
         model_type=str(config["model_type"]),
@@ -293,19 +293,16 @@ def _few(items: list[str], limit: int = 3) -> str:
     return ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
-def _tokenizer(model_dir: Path, root: Path) -> Path:
-    from tokenizers import Tokenizer
+def _tokenizer(model_dir: Path, root: Path, config: dict[str, Any]) -> Path:
+    from modelservice.convert.textserving import check_tokenizer
 
     path = next((p / "tokenizer.json" for p in (model_dir, root) if (p / "tokenizer.json").is_file()), None)
     if path is None:
         raise UserError(
             f"{FIELD}: a text task needs the model's tokenizer.json (the fast tokenizer file save_pretrained writes)"
         )
-    try:
-        Tokenizer.from_file(str(path))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{FIELD}: tokenizer.json: not a tokenizers file: {first}") from None
+    vocabulary = config.get("vocab_size")
+    check_tokenizer(path, _pad_id(path, config), int(vocabulary) if isinstance(vocabulary, int) else None)
     return path
 
 
@@ -336,7 +333,10 @@ def _labels(config: Any) -> tuple[str, ...]:
 def _pad_id(tokenizer: Path, config: dict[str, Any]) -> int:
     from tokenizers import Tokenizer
 
-    loaded = Tokenizer.from_file(str(tokenizer))
+    try:
+        loaded = Tokenizer.from_file(str(tokenizer))
+    except Exception:  # not a tokenizer: check_tokenizer says so in one line
+        return int(config.get("pad_token_id") or 0)
     if loaded.padding and loaded.padding.get("pad_id") is not None:
         return int(loaded.padding["pad_id"])
     for token in ("[PAD]", "<pad>"):
