@@ -11,8 +11,21 @@ Weights are quantized with ``reduce_range`` (7-bit range): on CPUs without VNNI,
 saturate 16-bit intermediate sums, which cost the benchmark encoder 2.2 pp of accuracy at 8 bits and nothing at
 7 bits; the serving node's CPU is not known at conversion time, so the safe range is the default.
 
+The per-channel int8 of fused transformers (convert/fusion.py, ``int8-fused-*``) is the exception: on a CPU with
+VNNI (AVX512-VNNI, AVX-VNNI: int32 accumulation, no saturation) 7-bit weights cost all-MiniLM-L6-v2 what 8-bit
+ones do not (min cosine 0.958 vs 0.980 quantized whole, dynamic), and u8u8 kernels, which never saturate, ran at
+half the speed. So ``fused_weight_range`` gives 8-bit weights where the converting CPU has VNNI and says so in
+the variant's notes: such an artifact is verified for VNNI CPUs, and a node without VNNI may lose accuracy to
+saturation. Without VNNI it keeps 7 bits.
+
 Before int8 quantization the graph goes through ``quant_pre_process`` (symbolic shape inference and ONNX
 Runtime's basic graph optimizations: constant folding, redundant node removal), as ONNX Runtime recommends.
+ONNX Runtime's symbolic shape inference fails on some exports: opset 18+ reductions take their axes as an
+input it does not read (``ReduceL2`` of an L2-normalised embedding ends as ``TypeError: object of type
+'NoneType' has no len()`` at the next Expand), and dynamic sequence lengths of the TorchScript exporter's BERT
+graph stay unresolved ("Incomplete symbolic shape inference"). Pre-processing is then retried without it
+(ONNX's own shape inference and the graph optimizations still run), and the variant's notes say so; the fused
+graph of convert/fusion.py, whose operators it knows, passes.
 """
 
 from __future__ import annotations
@@ -86,25 +99,66 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
-def prepare_for_quantization(source: Path, target: Path) -> str | None:
-    """``quant_pre_process`` into ``target``; on failure copy the model and return why (a report note)."""
+def prepare_for_quantization(source: Path, target: Path) -> list[str]:
+    """``quant_pre_process`` into ``target``, retried without symbolic shape inference when that fails (see
+    module); when both fail the model is copied as is. Returns what happened for the report (nothing when the
+    first attempt succeeded)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    external.remove_model(target)
+    notes: list[str] = []
+    for skip_symbolic in (False, True):
+        external.remove_model(target)
+        try:
+            with _quiet():
+                quant_pre_process(
+                    str(source),
+                    str(target),
+                    skip_symbolic_shape=skip_symbolic,
+                    save_as_external_data=True,  # work files keep their weights outside the graph (external.py)
+                    all_tensors_to_one_file=True,
+                    external_data_location=external.data_path(target).name,
+                )
+            if skip_symbolic:
+                notes.append("quantization pre-processing ran without symbolic shape inference")
+            return notes
+        except Exception as exc:
+            what = "symbolic shape inference" if not skip_symbolic else "pre-processing without it"
+            notes.append(f"quantization pre-processing: {what} failed ({_one_line(exc)})")
+    external.copy_model(source, target)
+    notes.append("quantization pre-processing skipped: the model is quantized as exported")
+    return notes
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def fused_weight_range() -> tuple[bool, str]:
+    """``reduce_range`` for the per-channel int8 of fused transformers, and why (see module)."""
+    vnni = cpu_vnni()
+    if vnni:
+        return False, (
+            f"int8 weights use the full 8-bit range: this CPU has {vnni} (no saturation); on a CPU without "
+            "VNNI, ONNX Runtime's u8s8 kernels may saturate and lose accuracy this check did not see"
+        )
+    return True, "int8 weights use a 7-bit range (reduce_range): this CPU has no VNNI, whose absence saturates u8s8"
+
+
+def cpu_vnni() -> str | None:
+    """The VNNI flag of this (Linux x86) CPU, if any."""
     try:
-        with _quiet():
-            quant_pre_process(
-                str(source),
-                str(target),
-                skip_symbolic_shape=False,
-                save_as_external_data=True,  # work files keep their weights outside the graph (external.py)
-                all_tensors_to_one_file=True,
-                external_data_location=external.data_path(target).name,
-            )
+        flags = next(
+            (
+                line.split(":", 1)[1].split()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("flags")
+            ),
+            [],
+        )
+    except OSError:
         return None
-    except Exception as exc:
-        external.copy_model(source, target)
-        return f"quantization pre-processing skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    return next((flag for flag in ("avx512_vnni", "avx_vnni", "amx_int8") if flag in flags), None)
 
 
 def to_fp16(source: Path, target: Path) -> None:
@@ -119,7 +173,18 @@ def to_fp16(source: Path, target: Path) -> None:
         raise UserError(f"conversion.precision: fp16 conversion failed: {type(exc).__name__}: {exc}") from None
 
 
-def quantize_int8_dynamic(prepared: Path, target: Path) -> None:
+def quantize_int8_dynamic(
+    prepared: Path,
+    target: Path,
+    *,
+    per_channel: bool = False,
+    reduce_range: bool = True,
+    exclude: tuple[str, ...] = (),
+) -> None:
+    """Dynamic int8 (int8 weights, uint8 activations quantized at run time); ``exclude`` names nodes left in
+    float. ``DefaultTensorType`` lets the quantizer handle outputs of com.microsoft operators (fused graphs),
+    whose types ONNX shape inference does not know."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     external.remove_model(target)
@@ -129,8 +194,11 @@ def quantize_int8_dynamic(prepared: Path, target: Path) -> None:
                 str(prepared),
                 str(target),
                 weight_type=QuantType.QInt8,
-                reduce_range=True,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                nodes_to_exclude=list(exclude),
                 use_external_data_format=True,  # writes target.data (external.py)
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
     except Exception as exc:
         raise UserError(
@@ -161,11 +229,18 @@ _TENSORRT_QDQ = {"ActivationSymmetric": True, "WeightSymmetric": True, "Quantize
 
 
 def quantize_int8_static(
-    prepared: Path, target: Path, calibration: dict[str, Array], *, symmetric: bool = False
+    prepared: Path,
+    target: Path,
+    calibration: dict[str, Array],
+    *,
+    symmetric: bool = False,
+    reduce_range: bool | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> None:
     """QDQ int8. ``symmetric``: int8 activations and weights with zero points of 0, the full 8-bit range and
     float biases, the int8 TensorRT accepts (see ``_TENSORRT_QDQ``); otherwise ONNX Runtime's CPU
-    recipe (uint8 activations, 7-bit weights, see the module)."""
+    recipe (uint8 activations, 7-bit weights unless ``reduce_range`` says otherwise, see the module).
+    ``exclude`` names nodes left in float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(_CalibrationReader, CalibrationDataReader):  # type: ignore[misc]
@@ -180,7 +255,8 @@ def quantize_int8_static(
                 Reader(calibration),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                reduce_range=not symmetric,
+                reduce_range=(not symmetric) if reduce_range is None else reduce_range,
+                nodes_to_exclude=list(exclude),
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 extra_options=_TENSORRT_QDQ if symmetric else None,

@@ -3,6 +3,7 @@ the report's artifact, verification and candidate sections."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from modelservice.convert.digest import file_sha256
 from modelservice.convert.export import export_onnx, export_torchscript, load_torchscript, release_weights
 from modelservice.convert.external import artifact_digest, copy_model, install_model
 from modelservice.convert.load import LoadedModel, run_torch
+from modelservice.convert.onnxnames import placeholders, rename_file
 from modelservice.convert.repository import (
     CONFIG_FILE,
     build_model_config,
@@ -23,6 +25,7 @@ from modelservice.convert.repository import (
     write_config,
 )
 from modelservice.convert.tensors import Array
+from modelservice.convert.textserving import encoder_name
 from modelservice.convert.variants import (
     Variant,
     VariantInputs,
@@ -31,6 +34,7 @@ from modelservice.convert.variants import (
     measure,
     requested_variants,
     serving_batch,
+    serving_threads,
     verify_variant,
 )
 from modelservice.convert.verify import Runner, VerifyData, check_against_spec, load_npz, ort_runner, run_batched
@@ -39,7 +43,7 @@ VERSION = "1"
 
 
 def _write_model(ctx: ConvertContext, platform: str, artifact: Path, model: LoadedModel) -> Path:
-    folder = ctx.staging / ctx.ms.name
+    folder = ctx.staging / encoder_name(ctx.ms)  # <name>, or <name>-encoder behind a text model's ensemble
     target = folder / VERSION / model_file_name(platform)
     target.parent.mkdir(parents=True, exist_ok=True)
     if platform == "onnx":  # model.onnx, with model.onnx.data past the threshold (convert/external.py)
@@ -47,6 +51,7 @@ def _write_model(ctx: ConvertContext, platform: str, artifact: Path, model: Load
     else:
         shutil.copyfile(artifact, target)
     config = build_model_config(ctx.ms, platform=platform, inputs=model.inputs, outputs=model.outputs)
+    config.name = folder.name
     write_config(config, folder / CONFIG_FILE)
     return target
 
@@ -114,12 +119,13 @@ def onnx_target(
     fp32 = _export_onnx(ctx, model, data)
     calibration = _calibration(ctx, model)
     inputs = VariantInputs(fp32, ctx.work, verify_data.inputs, verify_data.labels, reference, calibration)
+    inputs.transformer, inputs.threads = model.transformer, serving_threads(ms)  # fused variants; measuring
     t0 = time.perf_counter()
     variants: list[Variant] = []
-    for name, precision, method in requested_variants(ms, calibration is not None):
+    for name, precision, method in requested_variants(ms, calibration is not None, fusion=inputs.fusion):
         variant = build_variant(name, precision, method, inputs, ctx.progress)
         ctx.progress.step("verify", f"{name}: comparing with the original on {verify_data.description}")
-        verify_variant(variant, inputs, ms)
+        verify_variant(variant, inputs, ms, progress=ctx.progress)
         variants.append(variant)
     ctx.timings["quantizeVerifySeconds"] = time.perf_counter() - t0
     chosen = _pick(ctx, variants, inputs, data)
@@ -135,8 +141,17 @@ def _export_onnx(ctx: ConvertContext, model: LoadedModel, data: dict[str, Any]) 
     t0 = time.perf_counter()
     if model.is_torch:
         ctx.progress.step("convert", f"exporting to ONNX (opset {conversion.opset}, dynamic batch axis)")
-        exported = export_onnx(model, fp32, conversion.opset)
+        # Exported under placeholder names, then renamed: a served name may already name a value in the graph.
+        inputs, outputs = placeholders(len(model.inputs), "in"), placeholders(len(model.outputs), "out")
+        stand_in = dataclasses.replace(
+            model,
+            inputs=[t.model_copy(update={"name": n}) for t, n in zip(model.inputs, inputs, strict=True)],
+            outputs=[t.model_copy(update={"name": n}) for t, n in zip(model.outputs, outputs, strict=True)],
+        )
+        exported = export_onnx(stand_in, fp32, conversion.opset)
         release_weights(model.module)  # nothing runs torch after export (the reference outputs are computed)
+        served = [t.name for t in model.inputs + model.outputs]
+        data["notes"] += rename_file(fp32, dict(zip(inputs + outputs, served, strict=True)))
         data["export"] = {"exporter": exported.exporter, "opset": exported.opset}
         data["notes"] += exported.notes
     else:
