@@ -102,14 +102,18 @@ def _quiet() -> Iterator[None]:
 def prepare_for_quantization(source: Path, target: Path) -> list[str]:
     """``quant_pre_process`` into ``target``, retried without symbolic shape inference when that fails (see
     module); when both fail the model is copied as is. Returns what happened for the report (nothing when the
-    first attempt succeeded)."""
+    first attempt succeeded), including the graph optimization failures ``quant_pre_process`` only logs."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    source, target = source.resolve(), target.resolve()  # the working directory changes meanwhile
     notes: list[str] = []
     for skip_symbolic in (False, True):
         external.remove_model(target)
         try:
-            with _quiet():
+            # contextlib.chdir: on an incomplete inference ONNX Runtime saves sym_shape_infer_temp.onnx and its
+            # data into the working directory; they land beside the target, in the conversion's work folder.
+            logged = _logged_errors("onnxruntime.quantization.shape_inference")
+            with _quiet(), contextlib.chdir(target.parent), logged as errors:
                 quant_pre_process(
                     str(source),
                     str(target),
@@ -118,6 +122,9 @@ def prepare_for_quantization(source: Path, target: Path) -> list[str]:
                     all_tensors_to_one_file=True,
                     external_data_location=external.data_path(target).name,
                 )
+            if errors:
+                failed = f"ONNX Runtime's graph optimization failed and was skipped ({errors[-1]})"
+                notes.append(f"quantization pre-processing: {failed}")
             if skip_symbolic:
                 notes.append("quantization pre-processing ran without symbolic shape inference")
             return notes
@@ -127,6 +134,27 @@ def prepare_for_quantization(source: Path, target: Path) -> list[str]:
     external.copy_model(source, target)
     notes.append("quantization pre-processing skipped: the model is quantized as exported")
     return notes
+
+
+@contextlib.contextmanager
+def _logged_errors(name: str) -> Iterator[list[str]]:
+    """The last line of each ERROR record ``name``'s logger emits meanwhile (ONNX Runtime reports some failures
+    only there)."""
+    found: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines = [line.strip() for line in record.getMessage().strip().splitlines() if line.strip()]
+            if lines:  # the end of a traceback's last line says what failed
+                found.append(lines[-1] if len(lines[-1]) <= 200 else "..." + lines[-1][-200:])
+
+    handler = Collect(logging.ERROR)
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
 
 
 def _one_line(exc: BaseException) -> str:
