@@ -4,10 +4,11 @@ Layout. A model ``X.onnx`` holds its weights inline, or keeps every tensor of 1 
 it, ``X.onnx.data``, named by a relative ``location`` (ONNX's external data format). Tensors of 1 MiB or more
 start at 64 KiB boundaries there, so ONNX Runtime can map them from the file rather than read them into memory.
 
-Work files (the export, the fp32/fp16/int8 variants) always use external data: every tool then streams weights
-to disk, and no size meets the 2 GiB limit. Only the installed ``model.onnx`` is laid out by size
-(``install_model``): inline up to ``ConvertOptions.external_data_threshold`` bytes of tensors (default 1 GiB,
-``$MODELSERVICE_EXTERNAL_DATA_THRESHOLD``), external above it.
+Work files use external data wherever the tool writing them allows (the dynamo export, fp16, the quantizers
+and their pre-processing; the TorchScript exporter writes inline below 2 GiB): weights then stream to disk, and
+no step builds a 2 GiB protobuf. Every helper here takes either layout. Only the installed ``model.onnx`` is laid
+out by size (``install_model``): inline up to ``ConvertOptions.external_data_threshold`` bytes of tensors
+(default 1 GiB, ``$MODELSERVICE_EXTERNAL_DATA_THRESHOLD``), external above it.
 
 Files and digest. The files of a model are the .onnx file followed by its data files in the order the graph
 first names them (one, for every file this package writes). The model's SHA-256 is taken over those files'
@@ -47,10 +48,10 @@ CHUNK = 1 << 24
 
 def threshold_from_env() -> int:
     """``$MODELSERVICE_EXTERNAL_DATA_THRESHOLD`` (bytes; suffixes Ki, Mi, Gi allowed), else 1 GiB."""
-    text = os.environ.get(THRESHOLD_ENV, "").strip()
-    if not text:
+    raw = os.environ.get(THRESHOLD_ENV, "").strip()
+    if not raw:
         return DEFAULT_THRESHOLD
-    factor = 1
+    text, factor = raw, 1
     for suffix, scale in (("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30)):
         if text.endswith(suffix):
             text, factor = text[: -len(suffix)], scale
@@ -59,7 +60,7 @@ def threshold_from_env() -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise UserError(f"{THRESHOLD_ENV}: expected a byte count such as 1073741824 or 1Gi, got {text!r}")
+        raise UserError(f"{THRESHOLD_ENV}: expected a byte count such as 1073741824 or 1Gi, got {raw!r}")
     return value
 
 
