@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,33 +25,40 @@ def builtin_sentences() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def load_texts(path: Path, info: TransformerInfo, *, field: str, samples: int) -> tuple[list[str], Array | None]:
-    """Texts and (when every row has one) label indices from ``path``."""
+def read_rows(path: Path, where: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a .txt (``{"text": line}``, blank lines skipped) or .jsonl file (objects with a
+    "text" string); ``where`` starts each error line."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{field}: {path.name}: not a readable UTF-8 text file ({type(exc).__name__})") from None
-    if path.suffix == ".txt":
-        texts = [line.strip() for line in lines if line.strip()][:samples]
-        if not texts:
-            raise UserError(f"{field}: {path.name}: no text (one text per line)")
-        return texts, None
-    texts, labels = [], []
+        raise UserError(f"{where}: not a readable UTF-8 text file ({type(exc).__name__})") from None
+    if path.suffix not in TEXT_SUFFIXES:
+        raise UserError(f'{where}: a text model takes .txt (one text a line) or .jsonl ({{"text": ...}})')
+    rows: list[tuple[int, dict[str, Any]]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
+            continue
+        if path.suffix == ".txt":
+            rows.append((number, {"text": line.strip()}))
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{field}: {path.name}: line {number}: not JSON ({exc.msg})") from None
+            raise UserError(f"{where}:{number}: not JSON ({exc.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise UserError(f'{field}: {path.name}: line {number}: expected {{"text": "...", "label": ...}}')
-        texts.append(row["text"])
-        labels.append(_label(row.get("label"), info, f"{field}: {path.name}: line {number}"))
-        if len(texts) >= samples:
-            break
-    if not texts:
-        raise UserError(f"{field}: {path.name}: no rows")
+            raise UserError(f'{where}:{number}: expected an object with a "text" string')
+        rows.append((number, row))
+    if not rows:
+        raise UserError(f"{where}: no text")
+    return rows
+
+
+def load_texts(path: Path, info: TransformerInfo, *, field: str, samples: int) -> tuple[list[str], Array | None]:
+    """Texts and (when every row has one) label indices from ``path``."""
+    where = f"{field}: {path.name}"
+    rows = read_rows(path, where)[:samples]
+    texts = [row["text"] for _, row in rows]
+    labels = [_label(row.get("label"), info, f"{where}:{number}") for number, row in rows]
     if all(label is None for label in labels):
         return texts, None
     if any(label is None for label in labels):

@@ -231,26 +231,12 @@ def text_input(info: ModelInfo) -> TensorInfo | None:
 
 def read_texts(path: Path) -> list[str]:
     """Texts from a .txt (one a line, blank lines skipped) or a .jsonl file (a "text" field a line)."""
+    from modelservice.convert.textdata import read_rows
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InferError(f"--data {path}: cannot read texts: {exc}") from None
-    if path.suffix == ".jsonl":
-        texts = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InferError(f"--data {path}:{number}: not JSON: {exc.msg}") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise InferError(f'--data {path}:{number}: expected an object with a "text" string')
-            texts.append(row["text"])
-        return texts
-    if path.suffix not in (".txt", ".text", ""):
-        raise InferError(f'--data {path}: a text model takes .txt (one text a line) or .jsonl ({{"text": ...}})')
-    return [line.strip() for line in lines if line.strip()]
+        return [row["text"] for _, row in read_rows(path, f"--data {path}")]
+    except UserError as exc:
+        raise InferError(str(exc)) from None
 
 
 def _short(text: str, width: int = 48) -> str:
