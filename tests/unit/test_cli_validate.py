@@ -6,6 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from _apiserver import verdict
+
+from modelservice.api import kubeyaml
+from modelservice.api.errors import SpecError
+from modelservice.api.loader import load_file
+
 GOOD = """\
 apiVersion: modelservice.dev/v1alpha1
 kind: ModelService
@@ -77,3 +84,90 @@ def test_file_without_modelservice(tmp_path: Path) -> None:
     result = run("validate", str(other))
     assert result.returncode == 1
     assert "kind: no ModelService" in result.stderr
+
+
+# ------------------------------------------------------------------------------- YAML as kubectl reads it
+
+ISSUE_EXAMPLE = """\
+apiVersion: modelservice.dev/v1alpha1
+kind: ModelService
+metadata: {name: digits}
+spec:
+  model:
+    uri: s3://models/digits/
+    format: onnx
+    outputs: [{name: n, shape: [10]}]
+"""
+
+
+def test_yaml_boolean_name_is_refused_as_the_api_server_does(tmp_path: Path) -> None:
+    spec = tmp_path / "n.yaml"
+    spec.write_text(ISSUE_EXAMPLE)
+    result = run("validate", str(spec))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"{spec}: spec.model.outputs[0].name: expected a string, got the YAML boolean n (quote it)"
+    ]
+    spec.write_text(ISSUE_EXAMPLE.replace("name: n,", "name: 'n',"))
+    assert run("validate", str(spec)).returncode == 0
+
+
+# (YAML lines under `spec:` after the model, the problem `validate` reports or "" when valid)
+YAML_CASES: list[tuple[str, str]] = [
+    ("  serving: {replicas: yes}", "spec.serving.replicas: expected an integer, got the YAML boolean yes"),
+    ("  serving: {replicas: '3'}", "spec.serving.replicas: expected an integer, got the string '3'"),
+    ("  serving: {replicas: 3.0}", ""),  # JSON 3
+    ("  serving: {replicas: 0x3}", ""),
+    (
+        "  serving: {nodeSelector: {gpu: yes}}",
+        "spec.serving.nodeSelector.gpu: expected a string, got the YAML boolean yes (quote it)",
+    ),
+    ("  serving: {nodeSelector: {gpu: 'yes'}}", ""),
+    (
+        "  serving: {nodeSelector: {zone: 1e3}}",
+        "spec.serving.nodeSelector.zone: expected a string, got the number 1e3 (quote it)",
+    ),
+    (
+        "  serving: {resources: {requests: {cpu: 2}}}",
+        "spec.serving.resources.requests.cpu: expected a string, got the number 2 (quote it)",
+    ),
+    (
+        "  conversion: {precision: no}",
+        "spec.conversion.precision: expected 'fp32', 'fp16', 'int8' or 'auto', got the YAML boolean no (quote it)",
+    ),
+    ("  conversion: {verification: {enabled: off}}", ""),
+    (
+        "  conversion: {verification: {enabled: 'off'}}",
+        "spec.conversion.verification.enabled: expected a boolean (true or false), got the string 'off'",
+    ),
+    ("  conversion: {verification: {tolerance: 1e-2, samples: 1e3}}", ""),  # PyYAML: the strings "1e-2", "1e3"
+    ("  conversion: {opset: 0o22}", ""),
+    ("  conversion: ~", ""),  # null where null is not allowed: absent, so the default conversion
+    ("  exposure: {service: {annotations: {since: 2024-01-01}}}", ""),  # PyYAML: a date
+    (
+        "  exposure: {service: {annotations: {enabled: Y}}}",
+        "spec.exposure.service.annotations.enabled: expected a string, got the YAML boolean Y (quote it)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("lines", "problem"), YAML_CASES, ids=[lines.strip() for lines, _ in YAML_CASES])
+def test_yaml_scalars_mean_what_kubectl_sends(tmp_path: Path, lines: str, problem: str) -> None:
+    spec = tmp_path / "ms.yaml"
+    spec.write_text(GOOD + lines + "\n")
+    (document,) = kubeyaml.load_all(spec.read_text())
+    if problem:
+        with pytest.raises(SpecError) as info:
+            load_file(spec)
+        assert str(info.value).splitlines() == [f"{spec}: {problem}"]
+        assert verdict(document.value), "the API server would accept it"
+    else:
+        assert load_file(spec)
+        assert verdict(document.value) == []
+
+
+def test_yaml_boolean_in_metadata(tmp_path: Path) -> None:
+    spec = tmp_path / "ms.yaml"
+    spec.write_text(GOOD.replace("{name: digits}", "{name: n}"))
+    with pytest.raises(SpecError, match=r"metadata\.name: expected a string, got the YAML boolean n \(quote it\)"):
+        load_file(spec)

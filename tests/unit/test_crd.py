@@ -88,6 +88,22 @@ class TestShape:
         assert ".spec.conversion.quantization" in rules
         assert ".spec.model" in rules
         assert "" in rules  # metadata.name length on the root
+        # field rules that used to live in pydantic only (test_crd_parity.py checks every one)
+        assert ".spec.model.inputs[].shape" in rules
+        assert ".spec.model.weights" in rules
+        assert ".spec.serving" in rules
+        assert ".spec.serving.resources.requests" in rules
+
+    def test_defaults_fill_the_printer_columns(self) -> None:
+        spec = schema()["properties"]["spec"]["properties"]
+        assert spec["conversion"]["default"] == {}  # so that target and precision below apply to every object
+        assert spec["conversion"]["properties"]["target"]["default"] == "onnx"
+        assert spec["conversion"]["properties"]["precision"]["default"] == "fp32"
+        serving = spec["serving"]["properties"]
+        assert "default" not in serving["image"]  # unset: the operator picks the stock or the text image
+        assert serving["dynamicBatching"]["nullable"] is True  # null (off) is kept, absence is defaulted
+        assert serving["dynamicBatching"]["default"] == {}
+        assert "default" not in spec["autoscaling"]
 
     def test_enums_match_models(self) -> None:
         conversion = schema()["properties"]["spec"]["properties"]["conversion"]["properties"]

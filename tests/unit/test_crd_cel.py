@@ -1,56 +1,22 @@
 """The CRD's CEL rules, evaluated with a real CEL interpreter (cel-python), agree with the pydantic rules.
 
-The API server applies schema defaults before it evaluates x-kubernetes-validations; so do we. What stays
-simplified: no CEL cost estimation (the API server's budget check) and no pruning of unknown fields.
+The API server applies schema defaults before it evaluates x-kubernetes-validations; so do we (``_apiserver``,
+which also says what stays simplified). test_crd_parity.py extends this to every validator and the OpenAPI part.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-import celpy
 import pytest
+from _apiserver import admit, cel_errors
 
-from modelservice.api.crd import crd
 from modelservice.api.errors import SpecError
 from modelservice.api.loader import parse
 
-SCHEMA: dict[str, Any] = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-ENV = celpy.Environment()
-
-
-def apply_defaults(node: dict[str, Any], value: Any) -> Any:
-    if isinstance(value, dict) and "properties" in node:
-        for name, sub in node["properties"].items():
-            if name not in value and "default" in sub:
-                value[name] = copy.deepcopy(sub["default"])
-            if name in value:
-                value[name] = apply_defaults(sub, value[name])
-    elif isinstance(value, list) and "items" in node:
-        return [apply_defaults(node["items"], item) for item in value]
-    return value
-
-
-def failed_rules(node: dict[str, Any], value: Any, path: str = "") -> list[str]:
-    failures: list[str] = []
-    if value is None:
-        return failures
-    for rule in node.get("x-kubernetes-validations", []):
-        program = ENV.program(ENV.compile(rule["rule"]))
-        if not program.evaluate({"self": celpy.json_to_cel(value)}):
-            failures.append(f"{path or '<root>'}: {rule['message']}")
-    if isinstance(value, dict):
-        for name, sub in node.get("properties", {}).items():
-            failures += failed_rules(sub, value.get(name), f"{path}.{name}")
-    elif isinstance(value, list) and "items" in node:
-        for index, item in enumerate(value):
-            failures += failed_rules(node["items"], item, f"{path}[{index}]")
-    return failures
-
 
 def cel_verdict(doc: dict[str, Any]) -> list[str]:
-    return failed_rules(SCHEMA, apply_defaults(SCHEMA, copy.deepcopy(doc)))
+    return cel_errors(admit(doc)[0])
 
 
 def pydantic_valid(doc: dict[str, Any]) -> bool:

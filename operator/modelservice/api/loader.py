@@ -1,4 +1,9 @@
-"""Read ModelService objects from YAML files, with errors that name the file and field."""
+"""Read ModelService objects from YAML files, with errors that name the file and field.
+
+Files are read as kubectl reads them (``api.kubeyaml``: ``n`` is a boolean, ``1e3`` a number) and validated as
+the API server validates what kubectl sends: strictly typed (a boolean or a number is not a string, a string is not
+a number), so ``modelservice validate`` refuses what ``kubectl apply`` would have refused.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import yaml
 from pydantic import ValidationError
 
 from modelservice import API_VERSION, KIND
-from modelservice.api.errors import FieldProblem, SpecError, problems_from
+from modelservice.api import kubeyaml
+from modelservice.api.errors import FieldProblem, ScalarTexts, SpecError, problems_from
 from modelservice.api.models import ModelService
 
 
@@ -26,7 +32,7 @@ class LoadedModelService:
         return self.path.resolve().parent
 
 
-def _documents(path: Path) -> list[Any]:
+def _documents(path: Path) -> list[kubeyaml.Document]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -34,7 +40,7 @@ def _documents(path: Path) -> list[Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(str(path), [FieldProblem("", f"cannot read file: {exc}")]) from None
     try:
-        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        return kubeyaml.load_all(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -42,16 +48,20 @@ def _documents(path: Path) -> list[Any]:
         raise SpecError(str(path), [FieldProblem("", f"invalid YAML{where}: {problem}")]) from None
 
 
-def parse(document: Any, source: str) -> ModelService:
-    """Validate one document as a ModelService; raise SpecError naming ``source`` and the field."""
+def parse(document: Any, source: str, scalars: ScalarTexts | None = None) -> ModelService:
+    """Validate one document as a ModelService; raise SpecError naming ``source`` and the field.
+
+    Validation is strict, as the API server's: JSON types are not converted into one another. ``scalars`` (the
+    YAML text of non-string plain scalars, by path) lets errors quote what the user wrote.
+    """
     if not isinstance(document, dict):
         raise SpecError(source, [FieldProblem("", "not a mapping")])
     if document.get("apiVersion") != API_VERSION:
         raise SpecError(source, [FieldProblem("apiVersion", f"must be {API_VERSION}")])
     try:
-        return ModelService.model_validate(document)
+        return ModelService.model_validate(document, strict=True)
     except ValidationError as exc:
-        raise SpecError(source, problems_from(exc)) from None
+        raise SpecError(source, problems_from(exc, scalars=scalars)) from None
 
 
 def load_file(path: Path | str) -> list[LoadedModelService]:
@@ -59,11 +69,11 @@ def load_file(path: Path | str) -> list[LoadedModelService]:
     path = Path(path)
     found: list[LoadedModelService] = []
     problems: list[str] = []
-    documents = [doc for doc in _documents(path) if isinstance(doc, dict) and doc.get("kind") == KIND]
+    documents = [doc for doc in _documents(path) if isinstance(doc.value, dict) and doc.value.get("kind") == KIND]
     for index, document in enumerate(documents):
         source = f"{path} (document {index + 1})" if len(documents) > 1 else str(path)
         try:
-            found.append(LoadedModelService(parse(document, source), path))
+            found.append(LoadedModelService(parse(document.value, source, document.scalars), path))
         except SpecError as exc:
             problems += exc.lines()
     if problems:

@@ -5,7 +5,12 @@ the CLI validates files with them, and the operator parses every object it recon
 YAML/JSON fields are camelCase; Python attributes are snake_case.
 
 Cross-field rules raise ``ValueError("<fieldAlias>: message")`` from model validators so that
-``api.errors`` can name the exact field path (``spec.autoscaling.maxReplicas``).
+``api.errors`` can name the exact field path (``spec.autoscaling.maxReplicas``). Every rule the API server can
+check is also in the CRD (``cel()`` rules, schema keywords in ``json_schema_extra``), so that `kubectl apply` and
+`modelservice validate` agree; tests/unit/test_crd_parity.py holds one case per validator and names the rules the
+CRD cannot express. Defaults (``default=``, ``default_factory=``) become the CRD's structural defaults.
+Status models live in ``api.status``, storage and exposure in ``api.exposure``, the shared base (``ApiModel``)
+in ``api.base``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from modelservice.api.base import QUANTITY as QUANTITY
+from modelservice.api.base import ApiModel as ApiModel
+from modelservice.api.base import cel
+from modelservice.api.exposure import Exposure, Storage
+from modelservice.api.status import Artifact as Artifact
+from modelservice.api.status import Condition as Condition
+from modelservice.api.status import Endpoints as Endpoints
+from modelservice.api.status import ModelServiceStatus as ModelServiceStatus
+from modelservice.api.status import Phase as Phase
+from modelservice.api.status import VerificationStatus as VerificationStatus
+
 # A ModelService name becomes the prefix of every child name; the longest child name is
 # "<name>-convert-<10 hex>" (a Job, whose name also lands in a 63-character label).
 MAX_NAME_LENGTH = 40
@@ -23,7 +39,6 @@ DNS1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 SHA256 = r"^[0-9a-f]{64}$"
 TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.:/-]*$"
 ARCHITECTURE = r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
-QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 
 # Schemes a ModelService may name. file:// and bare paths are for the local CLI only (the operator
 # has no access to the user's disk); the operator reports them as Stalled.
@@ -41,38 +56,12 @@ TEXT_TASKS = ("sentence-embedding", "feature-extraction", "text-classification",
 Metric = Literal["accuracy", "top1", "cosine", "maxAbsError"]
 Target = Literal["onnx", "torchscript", "tensorrt", "none"]
 Precision = Literal["fp32", "fp16", "int8", "auto"]
-Phase = Literal["Pending", "Converting", "Deploying", "Ready", "Degraded", "Failed"]
 
 
 def uri_scheme(uri: str) -> str:
     """The scheme of a model/data URI; a bare path counts as ``file``."""
     match = re.match(r"^([a-z][a-z0-9+.-]*)://", uri)
     return match.group(1) if match else "file"
-
-
-def _cel(*rules: tuple[str, str, str]) -> dict[str, Any]:
-    """CEL rules (x-kubernetes-validations) that the API server enforces itself; the same rules are
-    implemented in the model validators so the CLI and the operator reject what the cluster would."""
-    return {
-        "x-kubernetes-validations": [
-            {"rule": rule, "message": message, **({"fieldPath": path} if path else {})} for rule, message, path in rules
-        ]
-    }
-
-
-class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        validate_assignment=False,
-    )
-
-    def to_api(self) -> dict[str, Any]:
-        """The object as the API server stores it: camelCase, unset optionals left out."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 # ----------------------------------------------------------------------------------------------- spec: model
@@ -87,6 +76,10 @@ class TensorSpec(ApiModel):
         min_length=1,
         max_length=8,
         description="Dimensions excluding the batch dimension; -1 marks a variable dimension.",
+        json_schema_extra={
+            "items": {"type": "integer", "minimum": -1},
+            **cel(("self.all(d, d != 0)", "dimensions must be positive or -1 (variable)", "")),
+        },
     )
 
     @field_validator("shape")
@@ -113,7 +106,7 @@ class ModelSource(ApiModel):
     """Where the model comes from and what it looks like."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             (
                 "!has(self.format) || self.format != 'pytorch' || has(self.architecture)",
                 "architecture is required when format is pytorch",
@@ -138,6 +131,19 @@ class ModelSource(ApiModel):
                 "!has(self.maxSequenceLength) || (has(self.task) && self.task != 'image-classification')",
                 "maxSequenceLength is only valid for a text task",
                 ".maxSequenceLength",
+            ),
+            (
+                "!has(self.format) || !(self.format in ['pytorch', 'torchscript', 'exported-program']) "
+                "|| (has(self.inputs) && self.inputs.size() > 0)",
+                "inputs are required when format is pytorch, torchscript or exported-program",
+                ".inputs",
+            ),
+            (
+                "(!has(self.inputs) || self.inputs.all(i, self.inputs.exists_one(j, j.name == i.name) "
+                "&& (!has(self.outputs) || !self.outputs.exists(o, o.name == i.name)))) "
+                "&& (!has(self.outputs) || self.outputs.all(o, self.outputs.exists_one(p, p.name == o.name)))",
+                "tensor names must be unique across inputs and outputs",
+                ".inputs",
             ),
         )
     )
@@ -179,6 +185,14 @@ class ModelSource(ApiModel):
         max_length=1024,
         description="File inside the source holding the state dict; .safetensors preferred, .pt/.pth are loaded "
         "with torch.load(weights_only=True).",
+        json_schema_extra=cel(
+            (
+                "!self.startsWith('/') && self != '..' && !self.startsWith('../') && !self.endsWith('/..') "
+                "&& !self.contains('/../')",
+                "must be a relative path inside the model source",
+                "",
+            )
+        ),
     )
     sha256: str | None = Field(
         default=None, pattern=SHA256, description="Expected SHA-256 (hex) of the fetched file or archive."
@@ -242,7 +256,7 @@ class Quantization(ApiModel):
     """How int8 weights/activations are computed."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             (
                 "!has(self.method) || self.method != 'static' || has(self.calibration)",
                 "calibration is required when method is static",
@@ -305,7 +319,7 @@ class Conversion(ApiModel):
     """What the model is converted to before Triton serves it."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             (
                 "!has(self.target) || self.target != 'none' || !has(self.precision) || self.precision == 'fp32'",
                 "precision must be fp32 when target is none",
@@ -358,7 +372,10 @@ class DynamicBatching(ApiModel):
         description="How long a request may wait for others to form a batch.",
     )
     preferred_batch_sizes: list[int] = Field(
-        default_factory=list, max_length=16, description="Batch sizes the batcher tries to form."
+        default_factory=list,
+        max_length=16,
+        description="Batch sizes the batcher tries to form.",
+        json_schema_extra={"items": {"type": "integer", "minimum": 1}},
     )
 
     @field_validator("preferred_batch_sizes")
@@ -369,28 +386,64 @@ class DynamicBatching(ApiModel):
         return sizes
 
 
+RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
+# requests/limits in the CRD: at most one entry per resource name, each a quantity.
+_RESOURCE_MAP_SCHEMA: dict[str, Any] = {
+    "maxProperties": len(RESOURCE_NAMES),
+    "additionalProperties": {"type": "string", "pattern": QUANTITY},
+    **cel(
+        (
+            f"self.all(name, name in {list(RESOURCE_NAMES)})",
+            "resource names are cpu, memory and ephemeral-storage (GPUs go in gpu)",
+            "",
+        )
+    ),
+}
+
+
 class Resources(ApiModel):
     """Compute resources of each Triton replica."""
 
     gpu: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu per replica; 0 runs Triton on CPU.")
     requests: dict[str, str] = Field(
-        default_factory=lambda: {"cpu": "1", "memory": "2Gi"}, description="CPU/memory requests."
+        default_factory=lambda: {"cpu": "1", "memory": "2Gi"},
+        description="CPU/memory requests.",
+        json_schema_extra=_RESOURCE_MAP_SCHEMA,
     )
-    limits: dict[str, str] = Field(default_factory=lambda: {"memory": "4Gi"}, description="CPU/memory limits.")
+    limits: dict[str, str] = Field(
+        default_factory=lambda: {"memory": "4Gi"},
+        description="CPU/memory limits.",
+        json_schema_extra=_RESOURCE_MAP_SCHEMA,
+    )
 
     @field_validator("requests", "limits")
     @classmethod
     def _quantities(cls, values: dict[str, str]) -> dict[str, str]:
         for key, value in values.items():
-            if key not in ("cpu", "memory", "ephemeral-storage"):
+            if key not in RESOURCE_NAMES:
                 raise ValueError(f"unknown resource {key!r} (cpu, memory, ephemeral-storage; GPUs go in gpu)")
-            if not re.match(QUANTITY, str(value)):
+            if not re.fullmatch(QUANTITY, value):  # fullmatch: "$" would also match before a final newline
                 raise ValueError(f"{key}: {value!r} is not a Kubernetes quantity")
         return values
 
 
+DEFAULT_MAX_BATCH_SIZE = 32
+
+
 class Serving(ApiModel):
     """How Triton runs."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.dynamicBatching) || !has(self.dynamicBatching.preferredBatchSizes) || "
+                "self.dynamicBatching.preferredBatchSizes.all(size, size <= "
+                f"(has(self.maxBatchSize) ? self.maxBatchSize : {DEFAULT_MAX_BATCH_SIZE}))",
+                "dynamicBatching.preferredBatchSizes must not exceed maxBatchSize (0 disables batching)",
+                ".dynamicBatching",
+            ),
+        )
+    )
 
     image: str | None = Field(
         default=None,
@@ -399,7 +452,9 @@ class Serving(ApiModel):
         "(format huggingface, a text task) the operator's Triton image with the tokenizers library.",
     )
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is not set.")
-    max_batch_size: int = Field(default=32, ge=0, le=65536, description="Triton max_batch_size; 0 disables batching.")
+    max_batch_size: int = Field(
+        default=DEFAULT_MAX_BATCH_SIZE, ge=0, le=65536, description="Triton max_batch_size; 0 disables batching."
+    )
     dynamic_batching: DynamicBatching | None = Field(
         default_factory=DynamicBatching, description="Dynamic batcher settings; null turns it off."
     )
@@ -432,7 +487,7 @@ class MetricTarget(ApiModel):
     targetPerReplica."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             (
                 "self.type != 'cpu' || (has(self.targetUtilization) && !has(self.targetMicroseconds) "
                 "&& !has(self.targetPerReplica))",
@@ -494,11 +549,16 @@ class Autoscaling(ApiModel):
     """HorizontalPodAutoscaler settings; absent means fixed replicas."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             (
                 "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
                 "minReplicas must not exceed maxReplicas",
                 ".minReplicas",
+            ),
+            (
+                "!has(self.metrics) || self.metrics.all(m, self.metrics.exists_one(n, n.type == m.type))",
+                "each metric type may appear once",
+                ".metrics",
             ),
         )
     )
@@ -519,73 +579,6 @@ class Autoscaling(ApiModel):
         return self
 
 
-# ------------------------------------------------------------------------------- spec: storage and exposure
-
-
-class PersistentVolumeClaimSpec(ApiModel):
-    """The claim that holds converted model repositories."""
-
-    name: str | None = Field(
-        default=None,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-        max_length=253,
-        description="Claim name; default <modelservice>-models. An existing claim is used as is.",
-    )
-    size: str = Field(default="10Gi", pattern=QUANTITY, description="Requested size when the operator creates it.")
-    storage_class_name: str | None = Field(default=None, description="Storage class when the operator creates it.")
-    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] = Field(
-        default_factory=lambda: ["ReadWriteOnce"],  # type: ignore[arg-type]
-        min_length=1,
-        description="Access modes; ReadWriteMany lets replicas on several nodes share the repository.",
-    )
-
-
-class Storage(ApiModel):
-    """Where converted repositories live."""
-
-    pvc: PersistentVolumeClaimSpec = Field(default_factory=PersistentVolumeClaimSpec, description="The claim.")
-
-
-class ServiceExposure(ApiModel):
-    """The Service in front of Triton."""
-
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(default="ClusterIP", description="Service type.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra Service annotations.")
-
-
-class IngressExposure(ApiModel):
-    """An Ingress for Triton's HTTP port."""
-
-    host: str = Field(min_length=1, max_length=253, description="Host name.")
-    path: str = Field(default="/", pattern=r"^/", description="Path prefix.")
-    class_name: str | None = Field(default=None, description="IngressClass name.")
-    tls_secret_name: str | None = Field(default=None, description="TLS Secret for the host.")
-
-
-class ParentRef(ApiModel):
-    """A Gateway API parent reference."""
-
-    name: str = Field(min_length=1, description="Gateway name.")
-    namespace: str | None = Field(default=None, description="Gateway namespace.")
-    section_name: str | None = Field(default=None, description="Listener name.")
-
-
-class HTTPRouteExposure(ApiModel):
-    """A Gateway API HTTPRoute for Triton's HTTP port."""
-
-    parent_refs: list[ParentRef] = Field(min_length=1, description="Gateways to attach to.")
-    hostnames: list[str] = Field(default_factory=list, description="Host names.")
-    path: str = Field(default="/", pattern=r"^/", description="Path prefix.")
-
-
-class Exposure(ApiModel):
-    """How Triton is reached."""
-
-    service: ServiceExposure = Field(default_factory=ServiceExposure, description="The Service.")
-    ingress: IngressExposure | None = Field(default=None, description="Optional Ingress.")
-    http_route: HTTPRouteExposure | None = Field(default=None, description="Optional Gateway API HTTPRoute.")
-
-
 # ---------------------------------------------------------------------------------------------------- spec
 
 
@@ -593,7 +586,7 @@ class ModelServiceSpec(ApiModel):
     """Desired state of a ModelService."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             (
                 "!has(self.model.format) || !(self.model.format in ['pytorch', 'exported-program', 'huggingface']) "
                 "|| !has(self.conversion) || !has(self.conversion.target) || self.conversion.target != 'none'",
@@ -618,6 +611,20 @@ class ModelServiceSpec(ApiModel):
                 "|| !has(self.serving.maxBatchSize) || self.serving.maxBatchSize > 0",
                 "a text model is served as an ensemble whose tokenizer batches texts: maxBatchSize must be > 0",
                 ".serving.maxBatchSize",
+            ),
+            (
+                "!has(self.model.format) || self.model.format != 'onnx' || !has(self.conversion) "
+                "|| !has(self.conversion.target) || self.conversion.target != 'torchscript'",
+                "an onnx model cannot be converted to torchscript",
+                ".conversion",
+            ),
+            (
+                "!has(self.conversion) || !has(self.conversion.target) || self.conversion.target != 'torchscript' "
+                "|| !has(self.conversion.precision) || self.conversion.precision != 'fp16' "
+                "|| (has(self.serving) && has(self.serving.resources) && has(self.serving.resources.gpu) "
+                "&& self.serving.resources.gpu >= 1)",
+                "fp16 torchscript needs serving.resources.gpu >= 1",
+                ".conversion",
             ),
         )
     )
@@ -647,72 +654,6 @@ class ModelServiceSpec(ApiModel):
         if self.conversion.precision == "fp16" and target == "torchscript" and self.serving.resources.gpu < 1:
             raise ValueError("conversion: fp16 torchscript needs a GPU (serving.resources.gpu >= 1)")
         return self
-
-
-# -------------------------------------------------------------------------------------------------- status
-
-
-class Condition(ApiModel):
-    """A kstatus-style condition."""
-
-    type: str = Field(description="Ready, Converted, Available, Reconciling or Stalled.")
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(default="", description="CamelCase reason.")
-    message: str = Field(default="", description="Human-readable detail.")
-    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
-    observed_generation: int | None = Field(default=None, description="Generation this condition is about.")
-
-
-class Artifact(ApiModel):
-    """The converted model the replicas serve."""
-
-    uri: str | None = Field(default=None, description="Where the model repository is.")
-    format: str | None = Field(default=None, description="onnx, torchscript, tensorrt, ...")
-    precision: str | None = Field(default=None, description="Chosen precision.")
-    sha256: str | None = Field(default=None, description="Digest of the artifact.")
-    size_bytes: int | None = Field(default=None, description="Artifact size.")
-    source_sha256: str | None = Field(default=None, description="Digest of the fetched source.")
-
-
-class VerificationStatus(ApiModel):
-    """What verification measured."""
-
-    max_abs_error: float | None = Field(default=None, description="Largest absolute output difference.")
-    max_rel_error: float | None = Field(default=None, description="Largest relative output difference.")
-    accuracy: float | None = Field(default=None, description="Accuracy of the converted model on dataUri.")
-    reference_accuracy: float | None = Field(default=None, description="Accuracy of the original model.")
-    metric: str | None = Field(default=None, description="The metric that judged the artifact.")
-    min_cosine: float | None = Field(default=None, description="Lowest cosine similarity to the original.")
-    top1_agreement: float | None = Field(default=None, description="Share of samples whose top-1 class is kept.")
-    passed: bool | None = Field(default=None, description="Whether every check passed.")
-
-
-class Endpoints(ApiModel):
-    """Where Triton answers."""
-
-    http: str | None = Field(default=None, description="KServe v2 HTTP endpoint.")
-    grpc: str | None = Field(default=None, description="KServe v2 gRPC endpoint (host:port).")
-    metrics: str | None = Field(default=None, description="Prometheus metrics URL.")
-    external: str | None = Field(default=None, description="Ingress/HTTPRoute URL, when one exists.")
-
-
-class ModelServiceStatus(ApiModel):
-    """Observed state of a ModelService."""
-
-    phase: Phase | None = Field(default=None, description="Pending, Converting, Deploying, Ready, Degraded, Failed.")
-    observed_generation: int | None = Field(default=None, description="Generation the status reflects.")
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        description="kstatus conditions.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    artifact: Artifact | None = Field(default=None, description="The served artifact.")
-    verification: VerificationStatus | None = Field(default=None, description="Verification results.")
-    replicas: int | None = Field(default=None, description="Triton replicas (scale subresource).")
-    ready_replicas: int | None = Field(default=None, description="Ready Triton replicas.")
-    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
-    endpoints: Endpoints | None = Field(default=None, description="Where to reach the model.")
-    conversion_job: str | None = Field(default=None, description="Name of the current conversion Job.")
 
 
 # ---------------------------------------------------------------------------------------------- the object
@@ -752,5 +693,5 @@ class ModelService(ApiModel):
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> ModelService:
-        """Parse an object as the API server (or kopf) hands it over."""
-        return cls.model_validate(dict(body))
+        """Parse an object as the API server (or kopf) hands it over: typed JSON, validated strictly."""
+        return cls.model_validate(dict(body), strict=True)

@@ -64,8 +64,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
+from modelservice.api import kubeyaml
 from modelservice.api.models import ModelService
 from modelservice.render.configmap import build_configmap
 from modelservice.render.delivery import check_cluster_uris, model_delivery
@@ -231,5 +230,5 @@ def render_stream(
         ms = _with_namespace(model, namespace)
         observed = Observed(conversion_job="succeeded")
         for obj in children(ms, observed, config):
-            documents.append(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
+            documents.append(kubeyaml.dump(obj, sort_keys=False, default_flow_style=False))  # kubectl applies it
     return "".join(f"---\n{doc}" for doc in documents)

@@ -1,0 +1,74 @@
+"""Status of a ModelService: what the operator observed (phase, kstatus conditions, artifact, endpoints)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from modelservice.api.base import ApiModel
+
+Phase = Literal["Pending", "Converting", "Deploying", "Ready", "Degraded", "Failed"]
+
+
+class Condition(ApiModel):
+    """A kstatus-style condition."""
+
+    type: str = Field(description="Ready, Converted, Available, Reconciling or Stalled.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="Generation this condition is about.")
+
+
+class Artifact(ApiModel):
+    """The converted model the replicas serve."""
+
+    uri: str | None = Field(default=None, description="Where the model repository is.")
+    format: str | None = Field(default=None, description="onnx, torchscript, tensorrt, ...")
+    precision: str | None = Field(default=None, description="Chosen precision.")
+    sha256: str | None = Field(default=None, description="Digest of the artifact.")
+    size_bytes: int | None = Field(default=None, description="Artifact size.")
+    source_sha256: str | None = Field(default=None, description="Digest of the fetched source.")
+
+
+class VerificationStatus(ApiModel):
+    """What verification measured."""
+
+    max_abs_error: float | None = Field(default=None, description="Largest absolute output difference.")
+    max_rel_error: float | None = Field(default=None, description="Largest relative output difference.")
+    accuracy: float | None = Field(default=None, description="Accuracy of the converted model on dataUri.")
+    reference_accuracy: float | None = Field(default=None, description="Accuracy of the original model.")
+    metric: str | None = Field(default=None, description="The metric that judged the artifact.")
+    min_cosine: float | None = Field(default=None, description="Lowest cosine similarity to the original.")
+    top1_agreement: float | None = Field(default=None, description="Share of samples whose top-1 class is kept.")
+    passed: bool | None = Field(default=None, description="Whether every check passed.")
+
+
+class Endpoints(ApiModel):
+    """Where Triton answers."""
+
+    http: str | None = Field(default=None, description="KServe v2 HTTP endpoint.")
+    grpc: str | None = Field(default=None, description="KServe v2 gRPC endpoint (host:port).")
+    metrics: str | None = Field(default=None, description="Prometheus metrics URL.")
+    external: str | None = Field(default=None, description="Ingress/HTTPRoute URL, when one exists.")
+
+
+class ModelServiceStatus(ApiModel):
+    """Observed state of a ModelService."""
+
+    phase: Phase | None = Field(default=None, description="Pending, Converting, Deploying, Ready, Degraded, Failed.")
+    observed_generation: int | None = Field(default=None, description="Generation the status reflects.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="kstatus conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    artifact: Artifact | None = Field(default=None, description="The served artifact.")
+    verification: VerificationStatus | None = Field(default=None, description="Verification results.")
+    replicas: int | None = Field(default=None, description="Triton replicas (scale subresource).")
+    ready_replicas: int | None = Field(default=None, description="Ready Triton replicas.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+    endpoints: Endpoints | None = Field(default=None, description="Where to reach the model.")
+    conversion_job: str | None = Field(default=None, description="Name of the current conversion Job.")
