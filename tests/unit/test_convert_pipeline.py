@@ -153,6 +153,20 @@ def test_same_inputs_give_byte_identical_output_and_the_cache_makes_a_repeat_a_n
     assert run(yaml_path, tmp_path / "d", cache).data["conversionHash"] != first.data["conversionHash"]
 
 
+def test_a_damaged_cache_entry_is_converted_again_not_installed(tmp_path: Path) -> None:
+    yaml_path = example(tmp_path, "mlp", precision="fp32")
+    cache = tmp_path / "cache"
+    first = run(yaml_path, tmp_path / "a", cache)
+    (entry,) = [p for p in cache.iterdir() if p.name == first.data["conversionHash"]]
+    damaged = entry / "digits" / "1" / "model.onnx"
+    damaged.write_bytes(damaged.read_bytes()[:-8] + b"\0" * 8)  # same size, other bytes
+    again = run(yaml_path, tmp_path / "b", cache)
+    assert not again.cache_hit
+    assert (tmp_path / "b" / "digits/1/model.onnx").read_bytes() == (
+        tmp_path / "a" / "digits/1/model.onnx"
+    ).read_bytes()
+
+
 def _source(tmp_path: Path, kind: str, file_name: str, save: Any) -> Path:
     folder = tmp_path / "src"
     folder.mkdir(parents=True)

@@ -27,6 +27,7 @@ from modelservice.api.models import ModelService
 from modelservice.convert import targets
 from modelservice.convert.context import ConvertContext, ConvertOptions
 from modelservice.convert.digest import file_sha256
+from modelservice.convert.external import model_sha256
 from modelservice.convert.fetch import fetch, fetch_file
 from modelservice.convert.load import LoadedModel, load_model, run_torch
 from modelservice.convert.output import REPORT, Cache, default_cache_dir, install
@@ -78,6 +79,9 @@ def convert(item: LoadedModelService, out: Path, options: ConvertOptions) -> Rep
         key = conversion_hash(ms, fetched.sha256, data_path, calibration_path)
         cache = Cache(options.cache_dir or default_cache_dir())
         hit = cache.lookup(key) if options.use_cache else None
+        if hit is not None and not _cache_entry_intact(hit):
+            progress.step("cache", f"entry {key[:16]} does not match its report (damaged): converting again")
+            hit = None
         if hit is not None:
             progress.step("cache", f"hit {key[:16]}: reusing the verified conversion")
             data = json.loads((hit / REPORT).read_text(encoding="utf-8"))
@@ -106,6 +110,18 @@ def convert(item: LoadedModelService, out: Path, options: ConvertOptions) -> Rep
         write_report(report, ctx.staging / REPORT)
         install(ctx.staging, out, ms.name)
         return report
+
+
+def _cache_entry_intact(entry: Path) -> bool:
+    """Whether the cached artifact still has the digest its report recorded (a cache hit is installed without
+    verification, so a damaged entry must not be)."""
+    try:
+        artifact = json.loads((entry / REPORT).read_text(encoding="utf-8")).get("artifact") or {}
+        path = entry / str(artifact["uri"])
+        digest = model_sha256(path) if path.suffix == ".onnx" else file_sha256(path)
+    except Exception:  # unreadable in any way (a damaged protobuf raises DecodeError): not intact
+        return False
+    return bool(digest == artifact.get("sha256"))
 
 
 def _check_target_prerequisites(ms: ModelService) -> None:
