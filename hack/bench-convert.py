@@ -3,6 +3,12 @@
 int8 dynamic, int8 static (and what ``precision: auto`` picks).
 
     .venv/bin/python hack/bench-convert.py [--models cnn encoder-large] [--json bench-convert.json]
+    .venv/bin/python hack/bench-convert.py --models bert-random minilm --json hack/results/bench-convert-text.json \
+        --markdown hack/results/bench-convert-text.md
+
+``bert-random`` and ``minilm`` are BERT-class sentence encoders (hidden 384, 6 layers; random weights, and the
+real pretrained all-MiniLM-L6-v2): see hack/_benchtext.py for what is measured there (batch 32, sequence 128,
+2 threads, against a plain fp32 ONNX export, min cosine to torch on real sentences, ``auto``'s conversion time).
 
 For each model (DigitsCNN, about 38k parameters; DigitsEncoderLarge, hidden 384, 4 layers, about 7M
 parameters) it trains the model on scikit-learn's digits (seeded; the encoder's weights are cached under
@@ -29,6 +35,7 @@ sys.path.insert(0, str(REPO / "tests" / "lib"))
 
 import numpy as np  # noqa: E402
 
+import _benchtext  # noqa: E402
 import _digits  # noqa: E402
 
 VARIANTS = [  # name, precision, quantization method
@@ -86,14 +93,14 @@ def convert_variant(
     return report.data, out / "digits" / "1" / "model.onnx", time.perf_counter() - started
 
 
-def ort_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+def ort_accuracy(path: Path, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
     from modelservice.convert.verify import ort_runner, run_batched
 
     logits = run_batched(ort_runner(path, threads=2), {"image": x}, 64)[0]
     return float((logits.argmax(axis=1) == y).mean())
 
 
-def torch_latency(model: Any, batch: np.ndarray, threads: int, rounds: int = 30) -> float:
+def torch_latency(model: Any, batch: np.ndarray[Any, Any], threads: int, rounds: int = 30) -> float:
     import torch
 
     previous = torch.get_num_threads()
@@ -127,7 +134,7 @@ def bench_model(kind: str, workdir: Path, seconds: float) -> dict[str, Any]:
         report, path, wall = convert_variant(folder, kind, name, precision, method)
         candidate = report.get("candidates", [{}])
         chosen = report["chosen"]["name"]
-        stats = next((c for c in candidate if c["name"] == chosen), {})
+        stats: dict[str, Any] = next((c for c in candidate if c["name"] == chosen), {})
         rows[name] = {
             "sizeBytes": path.stat().st_size,
             "accuracy": ort_accuracy(path, split.x_test, split.y_test),
@@ -212,33 +219,53 @@ def goals(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--models", nargs="+", default=["cnn", "encoder-large"], choices=["mlp", "cnn", "encoder", "encoder-large"]
+        "--models",
+        nargs="+",
+        default=["cnn", "encoder-large"],
+        choices=["mlp", "cnn", "encoder", "encoder-large", *_benchtext.TEXT_MODELS],
     )
     parser.add_argument("--json", default="bench-convert.json", help="where to write the results")
+    parser.add_argument("--markdown", help="also write the tables and goal checks here")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per batch size and thread count")
     args = parser.parse_args()
     results: dict[str, dict[str, Any]] = {}
+    text_results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
         for kind in args.models:
-            results[kind] = bench_model(kind, Path(tmp), args.seconds)
+            if kind in _benchtext.TEXT_MODELS:
+                text_results[kind] = _benchtext.bench_text_model(kind, Path(tmp), args.seconds)
+            else:
+                results[kind] = bench_model(kind, Path(tmp), args.seconds)
     import onnxruntime
     import torch
 
-    print(table(results))
-    print()
-    checks = goals(results)
-    for text, ok in checks:
-        print(f"- [{'x' if ok else ' '}] {text}")
+    tables = [table(results)] if results else []
+    tables += [_benchtext.table(text_results)] if text_results else []
+    checks = goals(results) + _benchtext.goals(text_results)
+    loads = [
+        f"- {kind}: load average {r['load']['before']} before, {r['load']['after']} after"
+        for kind, r in text_results.items()
+    ]
+    markdown = "\n\n".join(tables) + "\n\n" + "\n".join(f"- [{'x' if ok else ' '}] {text}" for text, ok in checks)
+    markdown += ("\n\n" + "\n".join(loads)) if loads else ""
+    print(markdown)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown + "\n", encoding="utf-8")
     document = {
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
             "cpus": __import__("os").cpu_count(),
+            "vnni": __import__("modelservice.convert.quantize", fromlist=["cpu_vnni"]).cpu_vnni(),
         },
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "transformers": __import__("transformers").__version__,
+        },
         "note": "medians over interleaved rounds on a shared machine: compare ratios. Fixed-precision variants are "
         "built with accuracyBudget 0.05 so each is measured; auto uses the default 0.01.",
-        "results": results,
+        "results": {**results, **text_results},
         "goals": [{"goal": text, "met": ok} for text, ok in checks],
     }
     Path(args.json).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
