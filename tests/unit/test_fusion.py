@@ -306,3 +306,53 @@ def test_preprocessing_failures_are_reported_not_swallowed(exported: Exported, t
     inputs = exported.variant_inputs(tmp_path / "fused")
     variant = build_variant("int8-fused-dynamic", "int8", "dynamic", inputs, Progress(False))
     assert not [n for n in variant.notes if "pre-processing" in n]
+
+
+def test_auto_through_the_pipeline_reports_fusion_and_picks_among_the_fused_variants(tmp_path: Path) -> None:
+    import yaml
+
+    from modelservice.api.loader import load_one
+    from modelservice.convert.pipeline import ConvertOptions, convert
+
+    _hf.write_text_model(tmp_path / "st", layout="sentence-transformers", layers=LAYERS)
+    document = {
+        "apiVersion": "modelservice.dev/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": "emb"},
+        "spec": {
+            "model": {"uri": "st", "format": "huggingface", "task": "sentence-embedding"},
+            "conversion": {"target": "onnx", "precision": "auto"},
+            "serving": {"resources": {"requests": {"cpu": "2", "memory": "1Gi"}}},
+        },
+    }
+    (tmp_path / "ms.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
+    options = ConvertOptions(cache_dir=tmp_path / "cache", progress=False, measure_seconds=0.3)
+    data = convert(load_one(tmp_path / "ms.yaml"), tmp_path / "out", options).data
+    assert data["export"]["exporter"] == "torchscript"
+    candidates = {c["name"]: c for c in data["candidates"]}
+    assert list(candidates) == ["fp32", "fp16", "fp32-fused", "int8-fused-dynamic", "int8-fused-static"]
+    assert any("Attention x2" in n for n in candidates["fp32-fused"]["notes"])
+    assert candidates["int8-fused-dynamic"]["quantizedOps"] > 0
+    measured = [c for c in data["candidates"] if c["passed"]]
+    assert all("latencyMs" in c for c in measured)  # auto measured every passing candidate
+    assert data["chosen"]["name"] in {c["name"] for c in measured}
+    encoder = tmp_path / "out" / "emb-encoder" / "1" / "model.onnx"
+    assert encoder.is_file() and data["verification"]["passed"]
+
+
+def test_serving_threads_follow_the_cpu_request() -> None:
+    import os
+
+    from modelservice.convert.variants import serving_threads
+
+    available = len(os.sched_getaffinity(0))
+
+    def threads(cpu: str) -> int:
+        ms = modelservice()
+        ms.spec.serving.resources.requests["cpu"] = cpu
+        return serving_threads(ms)
+
+    assert threads("1") == 1
+    assert threads("500m") == 1
+    assert threads("1500m") == min(2, available)
+    assert threads("64") == available
