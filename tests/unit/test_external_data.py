@@ -402,3 +402,47 @@ def test_an_onnx_file_uri_without_its_data_file_is_a_clear_error(tmp_path: Path)
     )
     with pytest.raises(UserError, match=r"spec\.model\.uri: model\.onnx: not a valid ONNX model"):
         run(yaml_path, tmp_path / "repo")
+
+
+def test_a_served_as_is_repository_reports_the_model_file_with_its_external_data(tmp_path: Path) -> None:
+    """format triton-repository: the artifact is model.onnx (not its larger data file), digest and size over both."""
+    import hashlib
+
+    import onnx
+    import yaml
+    from onnx import TensorProto, helper, numpy_helper
+
+    from modelservice.api.loader import load_one
+    from modelservice.convert.pipeline import ConvertOptions, convert
+
+    weight = numpy_helper.from_array(np.ones((64, 256), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 256])],
+        [weight],
+    )
+    version = tmp_path / "repo" / "dense" / "1"
+    version.mkdir(parents=True)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save_model(model, str(version / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    config = 'name: "dense"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+    config += (
+        'input [{name: "x" data_type: TYPE_FP32 dims: [64]}]\noutput [{name: "y" data_type: TYPE_FP32 dims: [256]}]\n'
+    )
+    (tmp_path / "repo" / "dense" / "config.pbtxt").write_text(config)
+    spec = {
+        "apiVersion": "modelservice.dev/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": "dense"},
+        "spec": {"model": {"uri": "repo", "format": "triton-repository"}, "conversion": {"target": "none"}},
+    }
+    (tmp_path / "ms.yaml").write_text(yaml.safe_dump(spec))
+    options = ConvertOptions(cache_dir=tmp_path / "cache", progress=False)
+    artifact = convert(load_one(tmp_path / "ms.yaml"), tmp_path / "out", options).data["artifact"]
+    installed = tmp_path / "out" / "dense" / "1"
+    assert artifact["uri"] == "dense/1/model.onnx"
+    both = (installed / "model.onnx").read_bytes() + (installed / "model.onnx.data").read_bytes()
+    assert artifact["sha256"] == hashlib.sha256(both).hexdigest()
+    assert artifact["sizeBytes"] == len(both)

@@ -204,7 +204,13 @@ def test_padding_id_outside_the_vocabulary(tmp_path: Path, tokenizer_file: Path)
 def test_missing_tokenizer_and_unbatched_serving_are_refused(tmp_path: Path, tokenizer_file: Path) -> None:
     with pytest.raises(UserError, match=r"needs its fast tokenizer \(tokenizer.json\)"):
         write_text_ensemble(tmp_path, make_ms("sentence-embedding"), encoder(None, "sentence-embedding"))
-    unbatched = make_ms("sentence-embedding", {"maxBatchSize": 0, "dynamicBatching": None})
+    # The API refuses an unbatched text model up front (CEL and pydantic) ...
+    with pytest.raises(ValueError, match=r"maxBatchSize must be > 0 for a text model"):
+        make_ms("sentence-embedding", {"maxBatchSize": 0, "dynamicBatching": None})
+    # ... and the ensemble writer still refuses one that bypassed validation.
+    unbatched = make_ms("sentence-embedding")
+    unbatched.spec.serving.max_batch_size = 0
+    unbatched.spec.serving.dynamic_batching = None
     with pytest.raises(UserError, match=r"spec.serving.maxBatchSize: a text model is served as a batching ensemble"):
         write_text_ensemble(tmp_path, unbatched, encoder(tokenizer_file, "sentence-embedding"))
 

@@ -14,7 +14,7 @@ from modelservice.api.models import ModelService, TensorSpec
 from modelservice.convert.context import ConvertContext
 from modelservice.convert.digest import file_sha256
 from modelservice.convert.export import export_onnx, export_torchscript, load_torchscript, release_weights
-from modelservice.convert.external import artifact_digest, copy_model, install_model
+from modelservice.convert.external import artifact_digest, copy_model, install_model, model_sha256, model_size
 from modelservice.convert.load import LoadedModel, run_torch
 from modelservice.convert.onnxnames import placeholders, rename_file
 from modelservice.convert.repository import (
@@ -357,7 +357,10 @@ def pass_through_repository(path: Path, staging: Path, ms: ModelService, data: d
         write_config(config, target / CONFIG_FILE)
         data["notes"].append(f"config.pbtxt name {folder.name!r} renamed to {ms.name!r}")
     files = sorted(p for p in versions[-1].rglob("*") if p.is_file())
-    main = max(files, key=lambda p: p.stat().st_size)
+    # The platform's model file (config default_model_filename, else model.onnx/.plan/.pt); the largest file
+    # only when there is none (an ONNX model's external data file is larger than the model itself).
+    named = config.default_model_filename or PLATFORM_FILES.get(config.platform or config.backend, "")
+    main = next((p for p in files if p.name == named), None) or max(files, key=lambda p: p.stat().st_size)
     staged = target / main.relative_to(folder)
     platform = config.platform or config.backend
     data["artifact"] = _artifact_for_repo(staged, staging, platform, data["source"]["sha256"])
@@ -371,10 +374,13 @@ def _artifact_for_repo(path: Path, staging: Path, platform: str, source: str) ->
         "uri": path.relative_to(staging).as_posix(),
         "format": platform or "unknown",
         "precision": "as-is",
-        "sha256": file_sha256(path),
-        "sizeBytes": path.stat().st_size,
+        "sha256": model_sha256(path) if path.suffix == ".onnx" else file_sha256(path),
+        "sizeBytes": model_size(path) if path.suffix == ".onnx" else path.stat().st_size,
         "sourceSha256": source,
     }
+
+
+PLATFORM_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan", "pytorch_libtorch": "model.pt"}
 
 
 def _specs(tensors: Any) -> list[TensorSpec]:
