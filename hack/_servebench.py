@@ -222,8 +222,26 @@ async def drive(
     return Measured(latencies, errors, wall, cores, probes)
 
 
+def merge(runs: Sequence[Measured]) -> Measured:
+    """Several measured windows of the same cell (rounds) as one."""
+    seconds = sum(run.seconds for run in runs)
+    return Measured(
+        [latency for run in runs for latency in run.latencies],
+        sum(run.errors for run in runs),
+        seconds,
+        sum(run.loadgen_cores * run.seconds for run in runs) / seconds,
+        [probe for run in runs for probe in run.probes],
+    )
+
+
 async def bench_json(
-    url: str, bodies: Sequence[bytes], answer: str, concurrency: int, duration: float, warmup: float
+    url: str,
+    bodies: Sequence[bytes],
+    answer: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    probe: Callable[[], Awaitable[Any]] | None = None,
 ) -> Measured:
     """POST ``bodies`` (JSON, taken in turn) to ``url``; a request succeeds with 200 and ``answer`` in the reply."""
     import aiohttp
@@ -241,7 +259,7 @@ async def bench_json(
             except (aiohttp.ClientError, TimeoutError):
                 return False
 
-        return await drive(send, concurrency, duration, warmup)
+        return await drive(send, concurrency, duration, warmup, probe)
 
 
 # ------------------------------------------------------------------------------- Triton's statistics
@@ -266,38 +284,50 @@ class Stage:
     busy_share: float  # execution time / wall time
 
 
-def _count_ns(stats: dict[str, Any], key: str) -> tuple[int, int]:
-    entry = stats.get(key) or {}
-    return int(entry.get("count", 0)), int(entry.get("ns", 0))
+Counters = dict[str, int]
 
 
-def _per_execution(stats: dict[str, Any]) -> dict[int, dict[str, tuple[int, int]]]:
-    keys = ("compute_input", "compute_infer", "compute_output")
-    return {int(b["batch_size"]): {key: _count_ns(b, key) for key in keys} for b in stats.get("batch_stats", [])}
+def counters(entry: dict[str, Any]) -> Counters:
+    """One ``model_stats`` entry of /v2/models/<name>/stats as flat counters, so windows can be subtracted and
+    added: inference_count, execution_count, ``<stat>.count``/``.ns`` of inference_stats (added up per request)
+    and ``batch.<size>.<stat>.count``/``.ns`` of batch_stats (per execution)."""
+    flat = {key: int(entry.get(key, 0)) for key in ("inference_count", "execution_count")}
+    for key, value in (entry.get("inference_stats") or {}).items():
+        flat[f"{key}.count"], flat[f"{key}.ns"] = int(value.get("count", 0)), int(value.get("ns", 0))
+    for batch in entry.get("batch_stats") or []:
+        for key in ("compute_input", "compute_infer", "compute_output"):
+            value = batch.get(key) or {}
+            prefix = f"batch.{int(batch['batch_size'])}.{key}"
+            flat[f"{prefix}.count"], flat[f"{prefix}.ns"] = int(value.get("count", 0)), int(value.get("ns", 0))
+    return flat
 
 
-def stage(
-    system: str, concurrency: int, model: str, before: dict[str, Any], after: dict[str, Any], wall: float
-) -> Stage:
-    """Deltas of one model's statistics (a ``model_stats`` entry); Triton's inference_stats add up per request,
-    its batch_stats per execution."""
+def subtract(after: Counters, before: Counters) -> Counters:
+    return {key: value - before.get(key, 0) for key, value in after.items()}
+
+
+def add(a: Counters, b: Counters) -> Counters:
+    return {key: a.get(key, 0) + b.get(key, 0) for key in a.keys() | b.keys()}
+
+
+def stage(system: str, concurrency: int, model: str, counts: Counters, wall: float) -> Stage:
+    """A Stage from one model's counters over measured windows lasting ``wall`` seconds in all."""
 
     def per_request(key: str) -> float:
-        (c0, n0), (c1, n1) = _count_ns(before["inference_stats"], key), _count_ns(after["inference_stats"], key)
-        return (n1 - n0) / (c1 - c0) / 1e6 if c1 > c0 else float("nan")
+        count = counts.get(f"{key}.count", 0)
+        return counts.get(f"{key}.ns", 0) / count / 1e6 if count else float("nan")
 
-    was, now = _per_execution(before), _per_execution(after)
     sizes: dict[int, int] = {}
     spent = {"compute_input": 0, "compute_infer": 0, "compute_output": 0}
-    for size, figures in now.items():
-        old = was.get(size, {})
-        count = figures["compute_infer"][0] - old.get("compute_infer", (0, 0))[0]
-        if count:
-            sizes[size] = count
-        for key in spent:
-            spent[key] += figures[key][1] - old.get(key, (0, 0))[1]
-    requests = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
-    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
+    for key, value in counts.items():
+        parts = key.split(".")
+        if parts[0] != "batch":
+            continue
+        if parts[2] == "compute_infer" and parts[3] == "count" and value:
+            sizes[int(parts[1])] = value
+        if parts[3] == "ns":
+            spent[parts[2]] += value
+    requests, executions = counts.get("inference_count", 0), counts.get("execution_count", 0)
     runs = sum(sizes.values()) or 1
     return Stage(
         system,

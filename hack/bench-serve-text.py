@@ -23,9 +23,13 @@ dynamic batcher formed (inference_count / execution_count) and the share of the 
 (d) reports its own tokenize/forward time. Correctness: every sentence's embedding from each Triton variant
 against (d)'s, cosine similarity.
 
-Usage: python hack/bench-serve-text.py [--duration 20] [--warmup 3] [--concurrency 1,32]
+All servers run at once (idle ones cost nothing measurable: no spinning threads), each is warmed at the top
+concurrency, then every cell is measured in ``--rounds`` windows with the systems' order reversed every other
+round (ABBA): on a shared machine whose load drifts, every system gets the same share of the drift.
+
+Usage: python hack/bench-serve-text.py [--duration 20] [--rounds 2] [--warmup 3] [--concurrency 1,32]
                                        [--systems a,a-fp32,d,d-async] [--json F] [--markdown F] [--workdir DIR]
-Timings on a shared machine are noisy: each cell is one run; the machine's load is recorded per cell.
+Timings on a shared machine are noisy: the machine's 1-minute load is recorded per cell (mean of its windows).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,16 +54,21 @@ import numpy as np
 
 from _servebench import (
     Cell,
+    Counters,
     Measured,
     Report,
     Stage,
+    add,
     bench_json,
+    counters,
     drive,
     machine,
     make_cell,
+    merge,
     print_cell,
     stage,
     start_python_server,
+    subtract,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,68 +96,16 @@ spec:
   serving: {{maxBatchSize: {batch}, dynamicBatching: {{maxQueueDelayMicroseconds: {delay}}}}}
 """
 
-# What a user writes: the transformers model card's mean pooling, behind FastAPI. The two counters (and /stats)
-# are the benchmark's instrumentation: where (d)'s time goes, tokenizing against the forward pass.
-FASTAPI_APP = """
-import sys
-import time
-
-import torch
-import torch.nn.functional as F
-import uvicorn
-from fastapi import FastAPI
-from pydantic import BaseModel
-from transformers import AutoModel, AutoTokenizer
-
-MODEL, PORT, THREADS, MAX_LENGTH = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-torch.set_num_threads(THREADS)
-tokenizer = AutoTokenizer.from_pretrained(MODEL)
-model = AutoModel.from_pretrained(MODEL).eval()  # loaded once
-spent = {"requests": 0, "tokenize_s": 0.0, "forward_s": 0.0}
-app = FastAPI()
+# What a user writes (hack/_fastapi_embed.py), run as a script: python _fastapi_embed.py MODEL PORT THREADS LENGTH
+FASTAPI_APP = Path(__file__).with_name("_fastapi_embed.py")
 
 
-class Request(BaseModel):
-    text: str
+@dataclass
+class Target:
+    """A running system: how to measure one window, and its embeddings of the sentences."""
 
-
-def embed(text: str) -> list[float]:
-    t0 = time.perf_counter()
-    batch = tokenizer(text, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
-    t1 = time.perf_counter()
-    with torch.inference_mode():
-        hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        vector = F.normalize(pooled, p=2, dim=1)[0].tolist()
-    spent["requests"] += 1
-    spent["tokenize_s"] += t1 - t0
-    spent["forward_s"] += time.perf_counter() - t1
-    return vector
-
-
-@app.get("/health")
-def health():
-    return "ok"
-
-
-@app.get("/stats")
-def stats():
-    return spent
-
-
-@app.post("/embed")
-def embed_sync(body: Request):
-    return {"embedding": embed(body.text)}
-
-
-@app.post("/embed-async")
-async def embed_async(body: Request):
-    return {"embedding": embed(body.text)}
-
-
-uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning")
-"""
+    measure: Callable[[int, float, float], Measured]  # (concurrency, duration, warm-up)
+    embeddings: list[list[float]]
 
 
 @dataclass
@@ -228,8 +187,8 @@ async def bench_triton(
         except Exception:  # counted as an error
             return False
 
-    async def statistics() -> dict[str, Any]:
-        return {model: (await monitor.get_inference_statistics(model))["model_stats"][0] for model in models}
+    async def statistics() -> dict[str, Counters]:
+        return {m: counters((await monitor.get_inference_statistics(m))["model_stats"][0]) for m in models}
 
     try:
         return await drive(send, concurrency, duration, warmup, statistics)
@@ -251,8 +210,8 @@ def triton_embeddings(url: str, texts: list[str]) -> list[list[float]]:
     return found
 
 
-def run_triton(system: str, converted: Path, args: argparse.Namespace, report: TextReport) -> list[list[float]]:
-    """The runnable repository and tritonserver as ``modelservice serve`` makes them; correctness, then cells."""
+def start_triton(system: str, converted: Path, args: argparse.Namespace, stack: ExitStack) -> Target:
+    """The runnable repository and tritonserver as ``modelservice serve`` makes them, stopped with ``stack``."""
     from modelservice.serve.pybackend import make_runnable
     from modelservice.serve.triton import TritonProcess, find_tritonserver
 
@@ -261,19 +220,14 @@ def run_triton(system: str, converted: Path, args: argparse.Namespace, report: T
     make_runnable(converted, repository, install, intra_op_threads=args.triton_threads)
     models = step_names(repository)
     log = args.workdir / f"triton-{system}.log"
-    with TritonProcess(repository, log, install=install, cache_dir=args.workdir / "cache") as triton:
-        url = triton.http_url
-        embeddings = triton_embeddings(url, args.texts)
-        asyncio.run(bench_triton(url, args.texts, [], max(args.levels), args.server_warmup, 0.0))
-        for level in args.levels:
-            measured = asyncio.run(bench_triton(url, args.texts, models, level, args.duration, args.warmup))
-            cell = make_cell(MODEL, system, level, measured)
-            report.cells.append(cell)
-            print_cell(cell)
-            before, after = measured.probes
-            for model in models:
-                report.stages.append(stage(system, level, model, before[model], after[model], cell.seconds))
-    return embeddings
+    url = stack.enter_context(
+        TritonProcess(repository, log, install=install, cache_dir=args.workdir / "cache")
+    ).http_url
+
+    def measure(level: int, duration: float, warmup: float) -> Measured:
+        return asyncio.run(bench_triton(url, args.texts, models, level, duration, warmup))
+
+    return Target(measure, triton_embeddings(url, args.texts))
 
 
 # ------------------------------------------------------------------------------------------ FastAPI
@@ -286,38 +240,32 @@ def _get_json(url: str, body: dict[str, Any] | None = None) -> Any:
         return json.load(response)
 
 
-def run_fastapi(systems: list[str], args: argparse.Namespace, report: TextReport) -> list[list[float]]:
-    """One FastAPI server for both endpoints; its embeddings (the reference), then cells."""
+def start_fastapi(systems: list[str], args: argparse.Namespace, stack: ExitStack) -> dict[str, Target]:
+    """One FastAPI server for both endpoints (stopped with ``stack``); its embeddings are the reference."""
+    import aiohttp
+
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})  # never download
     source = [str(args.checkpoint), str(args.threads), str(MAX_LENGTH)]
-    server = start_python_server(FASTAPI_APP, source, args.workdir, "fastapi-transformers", ready_timeout=180)
-    try:
-        embeddings = [_get_json(f"{server.url}/embed", {"text": text})["embedding"] for text in args.texts]
-        bodies = [json.dumps({"text": text}).encode() for text in args.texts]
-        for system in systems:
-            warm = server.url + FASTAPI_PATH[system]
-            asyncio.run(bench_json(warm, bodies, "embedding", max(args.levels), args.server_warmup, 0.0))
-            for level in args.levels:
-                url = server.url + FASTAPI_PATH[system]
-                before = _get_json(f"{server.url}/stats")
-                measured = asyncio.run(bench_json(url, bodies, "embedding", level, args.duration, args.warmup))
-                after = _get_json(f"{server.url}/stats")
-                cell = make_cell(MODEL, system, level, measured)
-                report.cells.append(cell)
-                print_cell(cell)
-                count = after["requests"] - before["requests"]  # warm-up included: the same load
-                report.fastapi_split.append(
-                    {
-                        "system": system,
-                        "concurrency": level,
-                        "requests": count,
-                        "tokenize_ms": 1000 * (after["tokenize_s"] - before["tokenize_s"]) / max(count, 1),
-                        "forward_ms": 1000 * (after["forward_s"] - before["forward_s"]) / max(count, 1),
-                    }
-                )
-    finally:
-        server.stop()
-    return embeddings
+    app = FASTAPI_APP.read_text()
+    server = start_python_server(app, source, args.workdir, "fastapi-transformers", ready_timeout=180)
+    stack.callback(server.stop)
+    embeddings = [_get_json(f"{server.url}/embed", {"text": text})["embedding"] for text in args.texts]
+    bodies = [json.dumps({"text": text}).encode() for text in args.texts]
+
+    async def bench(url: str, level: int, duration: float, warmup: float) -> Measured:
+        async with aiohttp.ClientSession() as monitor:  # its own connection, as for Triton
+
+            async def spent() -> dict[str, Counters]:
+                async with monitor.get(f"{server.url}/stats") as response:
+                    return {"fastapi": {key: int(value) for key, value in (await response.json()).items()}}
+
+            return await bench_json(url, bodies, "embedding", level, duration, warmup, spent)
+
+    def target(system: str) -> Target:
+        url = server.url + FASTAPI_PATH[system]
+        return Target(lambda level, duration, warmup: asyncio.run(bench(url, level, duration, warmup)), embeddings)
+
+    return {system: target(system) for system in systems}
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -326,6 +274,54 @@ def run_fastapi(systems: list[str], args: argparse.Namespace, report: TextReport
 def cosines(found: list[list[float]], reference: list[list[float]]) -> list[float]:
     a, b = np.asarray(found, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     return list(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+
+
+def code_state() -> str:
+    """The commit, and the package's files that differ from it (the conversion code measured may be uncommitted)."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    status = subprocess.run([*git, "status", "--porcelain", "operator"], capture_output=True, text=True).stdout
+    changed = [line[3:] for line in status.splitlines()]
+    return f"{head}" + (f" + uncommitted: {', '.join(changed)}" if changed else "")
+
+
+def interleaved(targets: dict[str, Target], args: argparse.Namespace) -> dict[tuple[str, int], list[Measured]]:
+    """Every cell measured in ``--rounds`` windows, the systems' order reversed every other round (ABBA), so a
+    change in the machine's load during the run falls on every system alike; each window's 1-minute load is
+    appended to its probes."""
+    runs: dict[tuple[str, int], list[Measured]] = {}
+    for target in targets.values():  # unmeasured: threads, sessions and shapes warmed at the top load
+        target.measure(max(args.levels), args.server_warmup, 0.0)
+    for index in range(args.rounds):
+        order = list(targets) if index % 2 == 0 else list(reversed(targets))
+        for level in args.levels:
+            for system in order:
+                measured = targets[system].measure(level, args.duration / args.rounds, args.warmup)
+                measured.probes.append(os.getloadavg()[0])
+                runs.setdefault((system, level), []).append(measured)
+                print_cell(make_cell(f"round {index + 1}", system, level, measured))
+    return runs
+
+
+def record(report: TextReport, system: str, level: int, runs: list[Measured]) -> None:
+    """The cell (rounds merged), and where its time went: Triton's per-model counters, or (d)'s own."""
+    cell = make_cell(MODEL, system, level, merge(runs))
+    cell.load_average = float(np.mean([run.probes[-1] for run in runs]))
+    report.cells.append(cell)
+    totals: dict[str, Counters] = {}
+    for run in runs:
+        before, after = run.probes[0], run.probes[1]
+        for model in after:
+            totals[model] = add(totals.get(model, {}), subtract(after[model], before[model]))
+    if "fastapi" in totals:
+        spent = totals["fastapi"]
+        count = max(spent["requests"], 1)
+        report.fastapi_split.append(
+            {"system": system, "concurrency": level, "requests": spent["requests"]}
+            | {key.removesuffix("_ns") + "_ms": spent[key] / count / 1e6 for key in ("tokenize_ns", "forward_ns")}
+        )
+        return
+    report.stages += [stage(system, level, model, counts, cell.seconds) for model, counts in totals.items()]
 
 
 def run(args: argparse.Namespace, workdir: Path) -> TextReport:
@@ -342,7 +338,9 @@ def run(args: argparse.Namespace, workdir: Path) -> TextReport:
             "command": " ".join(["python hack/bench-serve-text.py", *sys.argv[1:]]),
             "model": MODEL,
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "warmup_s": args.warmup,
+            "server_warmup_s": args.server_warmup,
             "threads": args.threads,
             "triton_threads": args.triton_threads or "cores / instances",
             "max_batch_size": MAX_BATCH,
@@ -350,19 +348,26 @@ def run(args: argparse.Namespace, workdir: Path) -> TextReport:
             "max_sequence_length": MAX_LENGTH,
             "concurrency": args.levels,
             "sentences": f"{len(args.texts)} from {SENTENCES.relative_to(REPO)}, one per request, in turn",
-            "load_average_before": list(os.getloadavg()),
+            "code": code_state(),
         },
     )
     converted: dict[str, Path] = {}
     for system in (s for s in TRITON_PRECISION if s in systems):
         variant, converted[system] = convert_variant(system, workdir, args.checkpoint)
         report.variants.append(variant)
-    served = {system: run_triton(system, folder, args, report) for system, folder in converted.items()}
-    plain = [system for system in FASTAPI_PATH if system in systems]
+    report.settings["load_average_before"] = list(os.getloadavg())
+    with ExitStack() as stack:
+        targets = {system: start_triton(system, folder, args, stack) for system, folder in converted.items()}
+        plain = [system for system in FASTAPI_PATH if system in systems]
+        targets |= start_fastapi(plain, args, stack) if plain else {}
+        runs = interleaved({system: targets[system] for system in systems}, args)
+    report.settings["load_average_after"] = list(os.getloadavg())
+    for system in systems:
+        for level in args.levels:
+            record(report, system, level, runs[(system, level)])
     if plain:
-        reference = run_fastapi(plain, args, report)
-        for system, found in served.items():
-            values = cosines(found, reference)
+        for system in converted:
+            values = cosines(targets[system].embeddings, targets[plain[0]].embeddings)
             report.correctness.append(
                 {
                     "system": system,
@@ -373,7 +378,6 @@ def run(args: argparse.Namespace, workdir: Path) -> TextReport:
                     "passed": bool(min(values) >= 0.99),
                 }
             )
-    report.settings["load_average_after"] = list(os.getloadavg())
     report.goals = goals(report)
     return report
 
@@ -421,7 +425,8 @@ def markdown(report: TextReport) -> str:
         + " before, "
         + " / ".join(f"{x:.2f}" for x in s["load_average_after"])
         + f" after. {MODEL}, {s['sentences']}; {s['duration_s']} s per cell after {s['warmup_s']} s warm-up; "
-        f"{s['threads']} threads for torch and for ONNX Runtime. One run per cell on a shared machine (noisy).",
+        f"{s['threads']} threads for torch and for ONNX Runtime. One run per cell on a shared machine (noisy). "
+        f"Code: {s['code']}.",
         "",
     ]
     for v in report.variants:
@@ -464,7 +469,7 @@ def markdown(report: TextReport) -> str:
                 f"{st.mean_batch:.1f} | {sizes} | {st.request_ms:.2f} | {st.queue_ms:.2f} | {compute} | {busy} |"
             )
     if report.fastapi_split:
-        lines += ["", "(d)'s own split, per request (warm-up included): tokenize / forward + pooling ms", ""]
+        lines += ["", "(d)'s own split over the measured windows, per request: tokenize / forward + pooling ms", ""]
         lines += [
             f"- ({x['system']}) c={x['concurrency']}: {x['tokenize_ms']:.2f} / {x['forward_ms']:.2f} ms "
             f"({x['requests']} requests)"
@@ -475,9 +480,10 @@ def markdown(report: TextReport) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per cell")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per cell (all rounds)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each cell")
     parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument("--rounds", type=int, default=2, help="windows per cell, systems in ABBA order")
     parser.add_argument(
         "--server-warmup", type=float, default=5.0, help="unmeasured seconds at the top concurrency per server"
     )
