@@ -45,6 +45,7 @@ class Cell:
     loadgen_cores: float  # CPU seconds of the load generator per wall second (cores busy)
     batch: int = 1
     load_average: float = field(default_factory=lambda: os.getloadavg()[0])  # 1-minute, when the cell ended
+    other_cores: float = float("nan")  # CPU used by processes outside this benchmark's tree (other people's work)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Measured:
     seconds: float
     loadgen_cores: float
     probes: list[Any] = field(default_factory=list)
+    other_cores: float = float("nan")
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float, float]:
@@ -88,6 +90,7 @@ def make_cell(model: str, system: str, concurrency: int, measured: Measured) -> 
         p95,
         p99,
         measured.loadgen_cores,
+        other_cores=measured.other_cores,
     )
 
 
@@ -95,7 +98,8 @@ def print_cell(cell: Cell) -> None:
     print(
         f"{cell.model:8} {cell.system} c={cell.concurrency:<3} b={cell.batch:<3} {cell.throughput:9.1f}/s "
         f"p50 {cell.p50_ms:8.2f} p95 {cell.p95_ms:8.2f} p99 {cell.p99_ms:8.2f} ms  "
-        f"loadgen {cell.loadgen_cores:.2f} cores  errors {cell.errors}  load {cell.load_average:.1f}",
+        f"loadgen {cell.loadgen_cores:.2f} cores  errors {cell.errors}  load {cell.load_average:.1f}  "
+        f"others {cell.other_cores:.2f} cores",
         file=sys.stderr,
         flush=True,
     )
@@ -173,6 +177,51 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        ticks = [int(x) for x in stat.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def _own_ticks() -> int:
+    """CPU ticks used so far by this process and its descendants (the servers, Triton's python stubs)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents[int(entry)], ticks[int(entry)] = int(fields[1]), int(fields[11]) + int(fields[12])
+    family, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in family]
+        family.update(children)
+        frontier += children
+    return sum(ticks.get(pid, 0) for pid in family)
+
+
+def other_cores_meter() -> Callable[[], float]:
+    """Start measuring the CPU that processes outside this benchmark use; the returned function stops and says
+    how many cores they kept busy on average. Linux only (/proc); NaN elsewhere."""
+    try:
+        (busy0, all0), own0 = _machine_ticks(), _own_ticks()
+    except OSError:
+        return lambda: float("nan")
+
+    def stop() -> float:
+        (busy1, all1), own1 = _machine_ticks(), _own_ticks()
+        elapsed = all1 - all0
+        return (os.cpu_count() or 1) * max(0, busy1 - busy0 - (own1 - own0)) / elapsed if elapsed else float("nan")
+
+    return stop
+
+
 async def drive(
     send: Callable[[], Awaitable[bool]],
     concurrency: int,
@@ -201,25 +250,27 @@ async def drive(
                 else:
                     errors += 1
 
-    async def clock() -> tuple[float, float]:
+    async def clock() -> tuple[float, float, float]:
         nonlocal measuring, finished
         await asyncio.sleep(warmup)
         if probe is not None:
             probes.append(await probe())
+        others = other_cores_meter()
         measuring, wall0, cpu0 = True, time.monotonic(), cpu_seconds()
         await asyncio.sleep(duration)
         measuring = False
         wall = time.monotonic() - wall0
         cores = (cpu_seconds() - cpu0) / wall
+        other = others()
         if probe is not None:
             probes.append(await probe())
         finished = True
-        return wall, cores
+        return wall, cores, other
 
     timing = asyncio.ensure_future(clock())
     await asyncio.gather(timing, *(worker() for _ in range(concurrency)))
-    wall, cores = timing.result()
-    return Measured(latencies, errors, wall, cores, probes)
+    wall, cores, other = timing.result()
+    return Measured(latencies, errors, wall, cores, probes, other)
 
 
 def merge(runs: Sequence[Measured]) -> Measured:
@@ -231,6 +282,7 @@ def merge(runs: Sequence[Measured]) -> Measured:
         seconds,
         sum(run.loadgen_cores * run.seconds for run in runs) / seconds,
         [probe for run in runs for probe in run.probes],
+        sum(run.other_cores * run.seconds for run in runs) / seconds,
     )
 
 

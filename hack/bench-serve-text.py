@@ -433,16 +433,20 @@ def markdown(report: TextReport) -> str:
         lines.append(f"- ({v['system']}) precision {v['requested']}: chose **{v['chosen']}** ({v['reason']})")
     lines += [
         "",
+        "Load: the 1-minute load average counts this benchmark's own threads too (Triton, torch, the load "
+        "generator); 'other processes' is the CPU that processes outside the benchmark used during the windows "
+        "(other people's work on the shared machine), from /proc.",
+        "",
         f"| system | concurrency | sentences/s | p50 ms | p95 ms | p99 ms | load generator CPU (of {m['cpus']} cores) "
-        "| errors | machine load (1 min) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| errors | machine load (1 min) | other processes (cores) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in report.cells:
         share = c.loadgen_cores / (m["cpus"] or 1)
         lines.append(
             f"| ({c.system}) {SYSTEMS[c.system]} | {c.concurrency} | {c.throughput:.1f} | {c.p50_ms:.2f} | "
             f"{c.p95_ms:.2f} | {c.p99_ms:.2f} | {c.loadgen_cores:.2f} ({share:.0%}) | {c.errors} | "
-            f"{c.load_average:.1f} |"
+            f"{c.load_average:.1f} | {c.other_cores:.2f} |"
         )
     if report.goals:
         lines += ["", "| goal | measured | met |", "| --- | --- | --- |"]
