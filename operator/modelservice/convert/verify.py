@@ -238,7 +238,7 @@ def compare(
     if metric == "cosine":
         assert cosine is not None
         if cosine < cosine_floor:
-            problems.append(f"min cosine similarity {cosine:.4f} to the original is below minCosine {cosine_floor:g}")
+            problems.append(f"min cosine similarity {cosine:.8f} to the original is below minCosine {cosine_floor}")
     elif (metric == "maxAbsError" or precision != "int8" or drop is None) and max_abs > tolerance:
         problems.append(f"max abs error {max_abs:.4g} exceeds tolerance {tolerance:g}")
     if metric in (None, "accuracy", "top1") and drop is not None and drop > budget + 1e-12:
