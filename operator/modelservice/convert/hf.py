@@ -77,9 +77,10 @@ def load_huggingface(source: ModelSource, path: Path) -> LoadedModel:
     info = TransformerInfo(
         task=source.task,
         model_type=str(config["model_type"]),
-        num_heads=int(config.get("num_attention_heads") or 0),
-        hidden_size=int(config.get("hidden_size") or 0),
-        num_layers=int(config.get("num_hidden_layers") or 0),
+        # From the loaded config: its attribute_map reads DistilBERT's n_heads/dim/n_layers under these names.
+        num_heads=int(getattr(model.config, "num_attention_heads", 0) or 0),
+        hidden_size=int(getattr(model.config, "hidden_size", 0) or 0),
+        num_layers=int(getattr(model.config, "num_hidden_layers", 0) or 0),
         tokenizer=tokenizer,
         max_length=_max_length(source, layout, config, tokenizer) if text else None,
         labels=_labels(model.config) if source.task.endswith("classification") else (),

@@ -197,6 +197,11 @@ def conversion_hash(ms: ModelService, source_sha256: str, data: Path | None, cal
             "gpu": serving.resources.gpu,
         },
     }
+    if spec.conversion.precision in ("auto", "int8"):
+        # int8 weights take 8 bits where the converting CPU has VNNI, 7 bits where it has not (convert/quantize.py)
+        from modelservice.convert.quantize import cpu_vnni
+
+        settings["cpuVnni"] = cpu_vnni()
     if spec.conversion.target == "tensorrt":  # a plan is tied to the TensorRT version and the GPU that built it
         from modelservice.convert import tensorrt
 
