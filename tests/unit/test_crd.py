@@ -68,6 +68,7 @@ class TestShape:
             "Ready",
             "Replicas",
             "URL",
+            "Rollout",
             "Age",
         ]
 

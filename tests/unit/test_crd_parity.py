@@ -28,7 +28,7 @@ import pytest
 from _apiserver import verdict
 from pydantic import BaseModel
 
-from modelservice.api import exposure, models, status
+from modelservice.api import exposure, models, rollout, status
 from modelservice.api.errors import SpecError
 from modelservice.api.loader import parse
 from modelservice.api.models import ModelService
@@ -45,6 +45,10 @@ PYTORCH: dict[str, Any] = {
 }
 ONNX: dict[str, Any] = {"uri": "s3://m/x.onnx", "format": "onnx"}
 HF: dict[str, Any] = {"uri": "s3://m/minilm/", "format": "huggingface", "task": "sentence-embedding"}
+
+
+def canary_step(weight: int, pause: str = "1m") -> dict[str, Any]:
+    return {"weight": weight, "pause": pause}
 
 
 def pytorch(**model: Any) -> dict[str, Any]:
@@ -361,6 +365,90 @@ INVALID: dict[str, Case] = {
         "spec.conversion: fp16 torchscript needs a GPU",
         "fp16 torchscript needs serving.resources.gpu >= 1",
     ),
+    # Rollout
+    "canary without steps": Case(
+        "Rollout._steps_rules",
+        doc({"model": ONNX, "rollout": {"strategy": "canary"}}),
+        "spec.rollout.steps: strategy canary needs at least one step",
+        ".spec.rollout: strategy canary needs at least one step",
+    ),
+    "steps without canary": Case(
+        "Rollout._steps_rules",
+        doc({"model": ONNX, "rollout": {"steps": [{"weight": 10, "pause": "1m"}]}}),
+        "spec.rollout.strategy: steps and mirror need strategy canary",
+        ".spec.rollout: steps and mirror need strategy canary",
+    ),
+    "mirror without canary": Case(
+        "Rollout._steps_rules",
+        doc({"model": ONNX, "rollout": {"strategy": "immediate", "mirror": {"percent": 10}}}),
+        "spec.rollout.strategy: steps and mirror need strategy canary",
+        "steps and mirror need strategy canary",
+    ),
+    "weights decreasing": Case(
+        "Rollout._steps_rules",
+        doc({"model": ONNX, "rollout": {"strategy": "canary", "steps": [canary_step(50), canary_step(10)]}}),
+        "spec.rollout.steps: step weights must be strictly increasing, got [50, 10]",
+        ".spec.rollout.steps: step weights must be strictly increasing",
+    ),
+    "weight repeated": Case(
+        "Rollout._steps_rules",
+        doc(
+            {
+                "model": ONNX,
+                "rollout": {"strategy": "canary", "steps": [canary_step(5), canary_step(20), canary_step(20)]},
+            }
+        ),
+        "spec.rollout.steps: step weights must be strictly increasing, got [5, 20, 20]",
+        "step weights must be strictly increasing",
+    ),
+    "interval zero": Case(
+        "Analysis._positive_interval",
+        doc({"model": ONNX, "rollout": {"analysis": {"interval": "0s"}}}),
+        "spec.rollout.analysis.interval: interval must be longer than 0s",
+        ".spec.rollout.analysis.interval: interval must be longer than 0s",
+    ),
+    "interval zero in two units": Case(
+        "Analysis._positive_interval",
+        doc({"model": ONNX, "rollout": {"analysis": {"interval": "0m00s"}}}),
+        "spec.rollout.analysis.interval: interval must be longer than 0s",
+        "interval must be longer than 0s",
+    ),
+    "pause not a duration": Case(
+        "schema",
+        doc({"model": ONNX, "rollout": {"strategy": "canary", "steps": [{"weight": 10, "pause": "2 minutes"}]}}),
+        "spec.rollout.steps[0].pause: String should match pattern",
+        "'2 minutes' does not match",
+    ),
+    "weight 100": Case(
+        "schema",
+        doc({"model": ONNX, "rollout": {"strategy": "canary", "steps": [canary_step(100)]}}),
+        "spec.rollout.steps[0].weight: Input should be less than or equal to 99",
+        "100 is greater than the maximum of 99",
+    ),
+    "mirror 0 percent": Case(
+        "schema",
+        doc({"model": ONNX, "rollout": {"strategy": "canary", "steps": [canary_step(10)], "mirror": {"percent": 0}}}),
+        "spec.rollout.mirror.percent: Input should be greater than or equal to 1",
+        "0 is less than the minimum of 1",
+    ),
+    "error rate above 1": Case(
+        "schema",
+        doc({"model": ONNX, "rollout": {"analysis": {"maxErrorRate": 1.5}}}),
+        "spec.rollout.analysis.maxErrorRate: Input should be less than or equal to 1",
+        "1.5 is greater than the maximum of 1",
+    ),
+    "latency ratio below 1": Case(
+        "schema",
+        doc({"model": ONNX, "rollout": {"analysis": {"maxLatencyRatio": 0.5}}}),
+        "spec.rollout.analysis.maxLatencyRatio: Input should be greater than or equal to 1",
+        "0.5 is less than the minimum of 1",
+    ),
+    "history limit above 50": Case(
+        "schema",
+        doc({"model": ONNX, "revisionHistoryLimit": 51}),
+        "spec.revisionHistoryLimit: Input should be less than or equal to 50",
+        "51 is greater than the maximum of 50",
+    ),
     # metadata (root CEL rules)
     "name too long": Case(
         "schema",
@@ -545,6 +633,26 @@ VALID: dict[str, tuple[str, dict[str, Any]]] = {
         doc({"model": pytorch(inputs=[{**tensor("x", 4), "dtype": None}])}),
     ),
     "optional field null": ("", doc({"model": {**ONNX, "weights": None, "sha256": None}})),
+    "a full canary": (
+        "",
+        doc(
+            {
+                "model": ONNX,
+                "rollout": {
+                    "strategy": "canary",
+                    "steps": [
+                        canary_step(w, p) for w, p in zip(range(1, 11), ["0s", "30s", "1m30s"] * 4, strict=False)
+                    ],
+                    "mirror": {"percent": 100},
+                    "analysis": {"interval": "1h", "maxErrorRate": 0, "maxLatencyRatio": 1, "minRequests": 0},
+                },
+                "revisionHistoryLimit": 0,
+            }
+        ),
+    ),
+    "immediate rollout": ("", doc({"model": ONNX, "rollout": {"strategy": "immediate"}})),
+    "rollout null": ("ApiModel._null_is_absent", doc({"model": ONNX, "rollout": None})),
+    "interval of ten seconds": ("", doc({"model": ONNX, "rollout": {"analysis": {"interval": "10s"}}})),
 }
 
 
@@ -576,7 +684,7 @@ def test_both_accept(case: str) -> None:
 
 def _api_models() -> list[type[BaseModel]]:
     found = []
-    for module in (models, status, exposure):
+    for module in (models, status, exposure, rollout):
         for _, value in inspect.getmembers(module, inspect.isclass):
             if issubclass(value, BaseModel) and value.__module__ == module.__name__:
                 found.append(value)

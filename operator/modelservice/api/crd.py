@@ -17,7 +17,8 @@ model's own defaults. Fields without a default, on purpose, because their absenc
   ``credentials``/``maxSequenceLength`` (per format, or from the model's config), ``verification.metric``
   (follows the task), ``verification.dataUri`` (seeded random inputs), ``quantization.calibration``,
   ``storage.pvc.name`` (``<name>-models``), ``storageClassName``, ``exposure.ingress``/``httpRoute``,
-  ``serving.affinity`` and the optional names inside them;
+  ``serving.affinity``, ``rollout`` (the immediate switch of before), ``rollout.mirror``, ``status.revisions``
+  (a default would put ``[]`` into every stored status), and the optional names inside them;
 - required fields (``model.uri``, a tensor's ``name``/``shape``, ``autoscaling.maxReplicas``, ...).
 
 ``serving.dynamicBatching`` has a default (``{}``) and is ``nullable``: the API server keeps an explicit null
@@ -47,6 +48,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "URL", "type": "string", "jsonPath": ".status.endpoints.http"},
+    {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

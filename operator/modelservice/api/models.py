@@ -9,8 +9,8 @@ Cross-field rules raise ``ValueError("<fieldAlias>: message")`` from model valid
 check is also in the CRD (``cel()`` rules, schema keywords in ``json_schema_extra``), so that `kubectl apply` and
 `modelservice validate` agree; tests/unit/test_crd_parity.py holds one case per validator and names the rules the
 CRD cannot express. Defaults (``default=``, ``default_factory=``) become the CRD's structural defaults.
-Status models live in ``api.status``, storage and exposure in ``api.exposure``, the shared base (``ApiModel``)
-in ``api.base``.
+Status models live in ``api.status``, storage and exposure in ``api.exposure``, ``spec.rollout`` in ``api.rollout``,
+the shared base (``ApiModel``) in ``api.base``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from modelservice.api.base import QUANTITY as QUANTITY
 from modelservice.api.base import ApiModel as ApiModel
 from modelservice.api.base import cel
 from modelservice.api.exposure import Exposure, Storage
+from modelservice.api.rollout import Rollout
 from modelservice.api.status import Artifact as Artifact
 from modelservice.api.status import Condition as Condition
 from modelservice.api.status import Endpoints as Endpoints
@@ -635,6 +636,16 @@ class ModelServiceSpec(ApiModel):
     autoscaling: Autoscaling | None = Field(default=None, description="Autoscaling; absent means fixed replicas.")
     storage: Storage = Field(default_factory=Storage, description="Where converted repositories live.")
     exposure: Exposure = Field(default_factory=Exposure, description="Service, Ingress, HTTPRoute.")
+    rollout: Rollout | None = Field(
+        default=None, description="How a new revision replaces the served one; absent: it switches at once."
+    )
+    revision_history_limit: int = Field(
+        default=5,
+        ge=0,
+        le=50,
+        description="Revisions kept in status.revisions (with their artifacts, for rollback); those serving are "
+        "always kept.",
+    )
 
     @model_validator(mode="after")
     def _cross_section_rules(self) -> ModelServiceSpec:
