@@ -26,6 +26,13 @@ HPAs are left to do).
 
 Without a running canary (``canary`` None or equal to ``stable``) the objects are exactly today's: Deployment,
 Service and HTTPRoute named ``<name>``, from ``build_deployment``/``build_service``/``build_httproute``.
+
+For the wiring: a Deployment's selector is immutable, and today's ``<name>`` Deployment selects
+``selector_labels`` without the revision label, so it also matches both revisions' pods (Kubernetes warns
+against overlapping selectors; its PDB and HPA see them too). When a canary starts, ``<name>-<stable>`` replaces
+``<name>``: keep ``<name>`` until ``<name>-<stable>`` is ready, then delete it (``obsolete_children`` never deletes
+a Deployment today). After promotion the output is ``<name>`` again, serving the new hash: the same handover the
+other way. Both handovers are left to the wiring.
 """
 
 from __future__ import annotations
