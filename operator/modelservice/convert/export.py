@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
-import logging
 import re
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ from modelservice.api.models import TensorSpec
 from modelservice.convert import external
 from modelservice.convert.fusion import fusion_model_type
 from modelservice.convert.load import LoadedModel
+from modelservice.convert.quiet import quiet
 from modelservice.convert.tensors import random_inputs
 
 DYNAMO_MIN_OPSET = 18
@@ -81,22 +79,9 @@ def _first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-@contextlib.contextmanager
-def _quiet() -> Any:
+def _quiet() -> contextlib.AbstractContextManager[None]:
     """The exporters print progress and warnings to stdout/stderr; keep the CLI's output to our own lines."""
-    loggers = [
-        logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
-    ]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+    return quiet("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
 
 
 def export_onnx(model: LoadedModel, path: Path, opset: int) -> ExportResult:

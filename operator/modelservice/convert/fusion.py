@@ -34,17 +34,14 @@ them, TensorRT does not, so the tensorrt target never uses it.
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelservice.convert import external
 from modelservice.convert.load import TransformerInfo
+from modelservice.convert.quiet import quiet
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -104,20 +101,9 @@ class FusionResult:
         return f"fused by ONNX Runtime's transformer optimizer (model_type {self.model_type}): {ops}{missing}"
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet() -> contextlib.AbstractContextManager[None]:
     """The optimizer logs per-fusion progress through ``logging`` and prints warnings."""
-    loggers = [logging.getLogger(name) for name in ("onnxruntime.transformers", "fusion_base", "onnx_model", "")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+    return quiet("onnxruntime.transformers", "fusion_base", "onnx_model", "")
 
 
 def fuse(source: Path, target: Path, info: TransformerInfo) -> FusionResult:
