@@ -637,14 +637,16 @@ class ModelServiceSpec(ApiModel):
     storage: Storage = Field(default_factory=Storage, description="Where converted repositories live.")
     exposure: Exposure = Field(default_factory=Exposure, description="Service, Ingress, HTTPRoute.")
     rollout: Rollout | None = Field(
-        default=None, description="How a new revision replaces the served one; absent: it switches at once."
+        default=None,
+        description="How a new revision replaces the served one; absent: it switches at once. Preview: validated "
+        "and stored, but this operator version does not act on it yet (every change still switches at once).",
     )
     revision_history_limit: int = Field(
         default=5,
         ge=0,
         le=50,
         description="Revisions kept in status.revisions (with their artifacts, for rollback); those serving are "
-        "always kept.",
+        "always kept. Preview: not acted on by this operator version yet.",
     )
 
     @model_validator(mode="after")
