@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import platform
 import resource
@@ -21,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -396,3 +397,12 @@ def stage(system: str, concurrency: int, model: str, counts: Counters, wall: flo
         spent["compute_output"] / runs / 1e6,
         sum(spent.values()) / 1e9 / wall,
     )
+
+
+def publish(report: Any, table: str, json_path: Path | None, markdown_path: Path | None) -> None:
+    """Print the markdown table and write it and the report (a dataclass, as JSON) where asked."""
+    print(table)
+    if json_path:
+        json_path.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    if markdown_path:
+        markdown_path.write_text(table)

@@ -46,7 +46,7 @@ import tempfile
 import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ from _servebench import (
     make_cell,
     merge,
     print_cell,
+    publish,
     stage,
     start_python_server,
     subtract,
@@ -509,12 +510,7 @@ def main() -> int:
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    table = markdown(report)
-    print(table)
-    if args.json:
-        args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(table)
+    publish(report, markdown(report), args.json, args.markdown)
     return 0
 
 

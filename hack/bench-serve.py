@@ -32,7 +32,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ from _servebench import (  # noqa: E402  (hack/ is on sys.path: this script's fo
     package_version,
     percentiles,
     print_cell,
+    publish,
     start_python_server,
 )
 
@@ -415,12 +415,7 @@ def main() -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    table = markdown(report)
-    print(table)
-    if args.json:
-        args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(table)
+    publish(report, markdown(report), args.json, args.markdown)
     return 0
 
 
