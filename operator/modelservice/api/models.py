@@ -32,6 +32,7 @@ from modelservice.api.status import Endpoints as Endpoints
 from modelservice.api.status import ModelServiceStatus as ModelServiceStatus
 from modelservice.api.status import Phase as Phase
 from modelservice.api.status import VerificationStatus as VerificationStatus
+from modelservice.api.tuning import LatencyTarget, Tuning
 
 # A ModelService name becomes the prefix of every child name; the longest child name is
 # "<name>-convert-<10 hex>" (a Job, whose name also lands in a 63-character label).
@@ -460,6 +461,10 @@ class Serving(ApiModel):
         default_factory=DynamicBatching, description="Dynamic batcher settings; null turns it off."
     )
     instances: int = Field(default=1, ge=1, le=64, description="Model instances per replica (instance_group).")
+    latency_target: LatencyTarget | None = Field(
+        default=None, description="The latency the tuner keeps while it maximizes throughput (spec.serving.tuning)."
+    )
+    tuning: Tuning = Field(default_factory=Tuning, description="How the tuner searches (when latencyTarget is set).")
     resources: Resources = Field(default_factory=Resources, description="Per-replica resources.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector for Triton pods.")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations for Triton pods.")

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from modelservice.api.base import ApiModel
+from modelservice.api.tuning import Performance
 
 Phase = Literal["Pending", "Converting", "Deploying", "Ready", "Degraded", "Failed"]
 
@@ -119,6 +120,9 @@ class ModelServiceStatus(ApiModel):
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
     endpoints: Endpoints | None = Field(default=None, description="Where to reach the model.")
     conversion_job: str | None = Field(default=None, description="Name of the current conversion Job.")
+    performance: Performance | None = Field(
+        default=None, description="What tuning measured (spec.serving.latencyTarget): config, throughput, latency."
+    )
     rollout: RolloutStatus | None = Field(default=None, description="The rollout of a new revision (spec.rollout).")
     # No default (unlike conditions): a schema default would make the API server store ``revisions: []`` in
     # every status, and the operator, which writes none until a rollout records one, would patch it away each time.
