@@ -128,6 +128,35 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise _in_file(exc, args.file) from None
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from modelservice.api.loader import load_one
+    from modelservice.tune.report import curve, verdict
+    from modelservice.tune.run import TuneOptions, tune
+
+    item = load_one(args.file)
+    options = TuneOptions(
+        out=Path(args.out) if args.out else None,
+        repository=Path(args.repository) if args.repository else None,
+        triton_url=args.triton_url,
+        max_trials=args.max_trials,
+        max_seconds=args.max_seconds,
+        warmup=args.warmup,
+        window=args.window,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        summary_file=Path(args.summary_file) if args.summary_file else None,
+    )
+    try:
+        tuned = tune(item, options)
+    except UserError as exc:
+        if args.summary_file:  # the profiling Job's termination message, as the conversion Job's
+            _write_text(Path(args.summary_file), str(exc).splitlines()[0][:2048] if str(exc) else type(exc).__name__)
+        raise _in_file(exc, args.file) from None
+    print(curve(tuned.outcome, tuned.target))
+    print(verdict(tuned.performance, tuned.outcome))
+    print(f"wrote {tuned.repository} (config.pbtxt tuned, config.untuned.pbtxt kept) and {tuned.performance_file}")
+    return 0
+
+
 def _cmd_infer(args: argparse.Namespace) -> int:
     from modelservice.serve.infer import InferOptions, infer
 
@@ -212,6 +241,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--workdir", default=None, help="where the runnable repository is written (default: a temp dir)")
     p.add_argument("--cache-dir", default=None, help="conversion cache (default: ~/.cache/modelservice)")
+
+    p = add(
+        "tune",
+        _cmd_tune,
+        "measure Triton configurations and keep the most throughput within spec.serving.latencyTarget",
+    )
+    p.add_argument("-f", "--file", required=True)
+    p.add_argument(
+        "--out", default=None, help="converted, tuned repository and performance.json (default: ./<name>-tuned)"
+    )
+    p.add_argument("--repository", default=None, help="in the profiling pod: the converted repository to tune")
+    p.add_argument("--triton-url", default=None, help="in the profiling pod: the running Triton (explicit mode)")
+    p.add_argument("--max-trials", type=int, default=None, help="most configurations (default: spec.serving.tuning)")
+    p.add_argument("--max-seconds", type=int, default=None, help="time bound (default: spec.serving.tuning)")
+    p.add_argument("--window", type=float, default=3.0, help="measured seconds per configuration and load")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each window")
+    p.add_argument("--cache-dir", default=None, help="conversion cache (default: ~/.cache/modelservice)")
+    p.add_argument(
+        "--summary-file", default=None, help="compact JSON summary (the profiling Job: /dev/termination-log)"
+    )
 
     p = add("infer", _cmd_infer, "send an inference request to Triton and print the result and latency")
     p.add_argument(

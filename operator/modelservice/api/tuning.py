@@ -125,6 +125,7 @@ class TunedConfig(ApiModel):
     """A Triton configuration the tuner tried or chose."""
 
     max_batch_size: int = Field(description="Triton max_batch_size.")
+    dynamic_batching: bool = Field(default=True, description="Whether the dynamic batcher is on.")
     max_queue_delay_microseconds: int = Field(default=0, description="Dynamic batching queue delay.")
     preferred_batch_sizes: list[int] = Field(default_factory=list, description="Dynamic batching preferred sizes.")
     instances: int = Field(default=1, description="Model instances per replica.")
