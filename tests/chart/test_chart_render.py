@@ -218,7 +218,13 @@ def test_every_operator_setting_is_set_by_the_chart(chart: helm_python.Chart) ->
             "image": {"repository": "registry.local/conv", "tag": "1.2.3", "pullPolicy": "Always"},
             "gpuImage": {"repository": "registry.local/conv-cuda", "tag": "1.2.3-cuda12"},
         },
-        "settings": {"clusterDomain": "corp.local", "fqdnEndpoints": True, "resyncSeconds": 0, "workers": 4},
+        "settings": {
+            "clusterDomain": "corp.local",
+            "fqdnEndpoints": True,
+            "resyncSeconds": 0,
+            "workers": 4,
+            "prometheusUrl": "http://prometheus-operated.monitoring:9090",
+        },
     }
     (deployment,) = by_kind(objects(chart, custom), "Deployment")
     runtime = main.runtime_from_env(_env(deployment))
@@ -226,6 +232,7 @@ def test_every_operator_setting_is_set_by_the_chart(chart: helm_python.Chart) ->
     assert runtime.config.converter_gpu_image == "registry.local/conv-cuda:1.2.3-cuda12"
     assert runtime.config.converter_image_pull_policy == "Always"
     assert runtime.config.cluster_domain == "corp.local" and runtime.config.fqdn_endpoints is True
+    assert runtime.config.prometheus_url == "http://prometheus-operated.monitoring:9090"
     assert runtime.resync_seconds == 0 and runtime.workers == 4
 
 

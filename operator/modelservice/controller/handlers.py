@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import kopf
 
 from modelservice import GROUP, PLURAL, VERSION
+from modelservice.controller.analysis import PrometheusClient
 from modelservice.controller.apply import CHILD_KINDS
 from modelservice.controller.cache import Cache, owner_of
 from modelservice.controller.client import Connection, KubeClient
@@ -44,6 +46,8 @@ class Runtime:
     client: KubeClient = field(default_factory=lambda: KubeClient(Connection("http://localhost", {}, None)))
     queue: ReconcileQueue | None = None
     resync_task: asyncio.Task[None] | None = None
+    clock: Callable[[], datetime.datetime] = field(default=lambda: datetime.datetime.now(datetime.UTC))
+    prometheus: PrometheusClient | None = None  # made from config.prometheus_url at startup
 
 
 def connection_of(info: kopf.ConnectionInfo) -> Connection:
@@ -90,7 +94,9 @@ async def _resync(runtime: Runtime) -> None:
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    reconciler = Reconciler(runtime.client, runtime.cache, runtime.config)
+    if runtime.prometheus is None and runtime.config.prometheus_url:
+        runtime.prometheus = PrometheusClient(runtime.config.prometheus_url)
+    reconciler = Reconciler(runtime.client, runtime.cache, runtime.config, runtime.prometheus, clock=runtime.clock)
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo:
@@ -113,6 +119,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if runtime.queue is not None:
             await runtime.queue.stop()
         await runtime.client.close()
+        if runtime.prometheus is not None:
+            await runtime.prometheus.close()
 
     @kopf.on.probe(id="queue", registry=registry)
     def _probe(**_: Any) -> dict[str, int]:

@@ -5,7 +5,8 @@ Operator-wide settings come from the environment (the Helm chart sets them):
 MODELSERVICE_CONVERTER_IMAGE (conversion Jobs that need no GPU), MODELSERVICE_CONVERTER_GPU_IMAGE (conversion Jobs
 that need a GPU: target tensorrt, or torchscript fp16), MODELSERVICE_CONVERTER_IMAGE_PULL_POLICY (both converter
 images), MODELSERVICE_TRITON_TEXT_IMAGE (the Triton image of text models that set no spec.serving.image),
-MODELSERVICE_CLUSTER_DOMAIN, MODELSERVICE_FQDN_ENDPOINTS (true/false), MODELSERVICE_RESYNC_SECONDS
+MODELSERVICE_CLUSTER_DOMAIN, MODELSERVICE_FQDN_ENDPOINTS (true/false), MODELSERVICE_PROMETHEUS_URL (canary analysis;
+``--prometheus-url`` overrides it), MODELSERVICE_RESYNC_SECONDS
 (default 600; 0 turns the periodic resync off), MODELSERVICE_WORKERS (concurrent reconciles, default 16).
 """
 
@@ -18,6 +19,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import kopf
 
@@ -43,9 +45,19 @@ def config_from_env(env: Mapping[str, str]) -> OperatorConfig:
         changes["converter_image_pull_policy"] = env["MODELSERVICE_CONVERTER_IMAGE_PULL_POLICY"]
     if env.get("MODELSERVICE_CLUSTER_DOMAIN"):
         changes["cluster_domain"] = env["MODELSERVICE_CLUSTER_DOMAIN"]
+    if env.get("MODELSERVICE_PROMETHEUS_URL"):
+        changes["prometheus_url"] = _http_url("MODELSERVICE_PROMETHEUS_URL", env["MODELSERVICE_PROMETHEUS_URL"])
     if env.get("MODELSERVICE_FQDN_ENDPOINTS"):
         changes["fqdn_endpoints"] = env["MODELSERVICE_FQDN_ENDPOINTS"].lower() in ("1", "true", "yes")
     return dataclasses.replace(default, **changes)
+
+
+def _http_url(name: str, value: str) -> str:
+    """An http(s) URL with a host, or a UserError naming the setting."""
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise UserError(f"{name}: {value!r} is not an http(s) URL")
+    return value
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -105,11 +117,22 @@ def _quiet_logs(verbose: bool) -> None:
 
 
 def run_operator(
-    namespaces: list[str], metrics_port: int, health_port: int, peering: str | None, priority: int, verbose: bool
+    namespaces: list[str],
+    metrics_port: int,
+    health_port: int,
+    peering: str | None,
+    priority: int,
+    verbose: bool,
+    prometheus_url: str | None = None,
 ) -> int:
     """The ``modelservice run`` command: blocks until SIGINT/SIGTERM; returns the exit code."""
     _quiet_logs(verbose)
     runtime = runtime_from_env(os.environ)
+    if prometheus_url:
+        url = _http_url("--prometheus-url", prometheus_url)
+        runtime = dataclasses.replace(runtime, config=dataclasses.replace(runtime.config, prometheus_url=url))
+    if not runtime.config.prometheus_url:
+        logger.info("no Prometheus URL: canaries are judged by replica readiness only")
     metrics.serve(metrics_port)
     scope = ", ".join(namespaces) if namespaces else "all namespaces"
     logger.info("ModelService operator: watching %s; metrics on :%s, health on :%s", scope, metrics_port, health_port)

@@ -26,6 +26,7 @@ class Done:
     """Reconciled; nothing to retry."""
 
     stalled: bool = False  # a problem only a spec change (or a cluster change) can fix: do not retry
+    requeue_after: float | None = None  # look again after this many seconds (a canary step's analysis or pause)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,8 @@ class ReconcileQueue:
                 delay = outcome.delay if outcome.delay is not None else self._backoff.delay(failures)
                 logger.info("%s/%s: retrying in %.1fs: %s", key[0], key[1], delay, outcome.reason)
                 self.add_after(key, delay)
+            elif outcome.requeue_after is not None:
+                self.add_after(key, outcome.requeue_after)
 
     async def _run(self, key: Key) -> Outcome:
         started = time.perf_counter()

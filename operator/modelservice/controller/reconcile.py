@@ -12,22 +12,25 @@ import datetime
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelservice.api.errors import SpecError
 from modelservice.api.loader import parse
 from modelservice.api.models import ModelService
-from modelservice.controller import apply, observe
+from modelservice.controller import apply, delivery, observe
+from modelservice.controller.analysis import PrometheusClient
 from modelservice.controller.cache import Cache
 from modelservice.controller.client import ApiError, KubeClient
 from modelservice.controller.queue import Done, Key, Outcome, Retry
+from modelservice.controller.rollout import Decision, step
 from modelservice.controller.status import StatusInputs, compute_status, phase_event, status_patch
 from modelservice.metrics import PhaseTracker
 from modelservice.render import (
     HASH_LABEL,
     Observed,
     OperatorConfig,
+    Traffic,
     children,
     conversion_hash,
     endpoints,
@@ -45,11 +48,21 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+@dataclass(frozen=True)
+class _Rollout:
+    """One reconcile's rollout decision: the plan's view of the cluster, the decision, what to render."""
+
+    observed: Observed
+    decision: Decision
+    traffic: Traffic
+
+
 @dataclass
 class Reconciler:
     client: KubeClient
     cache: Cache
     config: OperatorConfig
+    prometheus: PrometheusClient | None = None
     phases: PhaseTracker = field(default_factory=PhaseTracker)
     clock: Callable[[], datetime.datetime] = _utcnow
     _rendered: dict[Key, tuple[str, list[dict[str, Any]]]] = field(default_factory=dict)
@@ -73,11 +86,16 @@ class Reconciler:
     async def _reconcile(self, key: Key, body: dict[str, Any]) -> Outcome:
         previous = dict(body.get("status") or {})
         generation = int((body.get("metadata") or {}).get("generation") or 0)
-        now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        clock = self.clock()
+        now = clock.strftime("%Y-%m-%dT%H:%M:%SZ")
+        rollout: _Rollout | None = None
         try:
             ms = parse(body, f"{key[0]}/{key[1]}")
             observed = await observe.observe(self.client, self.cache, ms)
-            wanted = self._children(key, body, ms, observed)
+            if ms.spec.rollout is not None:
+                rollout = await self._decide(key, ms, observed, previous, clock)
+                observed = rollout.observed
+            wanted = self._children(key, body, ms, observed, rollout.traffic if rollout else None)
         except SpecError as exc:
             inputs = StatusInputs(
                 generation=generation, now=now, previous=previous, problems=tuple(map(str, exc.problems))
@@ -93,10 +111,19 @@ class Reconciler:
             if result.created or result.patched:
                 logger.info("%s/%s: created %s patched %s", *key, result.created or "-", result.patched or "-")
             await self._prune(key, ms, wanted, uid)
+            if rollout is not None:
+                await self._retire(key, ms, wanted, rollout.decision.stable)
         except apply.ChildConflict as exc:
             apply_error, apply_reason = str(exc), exc.reason
 
         observed = await observe.observe(self.client, self.cache, ms)
+        if rollout is not None:
+            deployments = delivery.Deployments.of(ms, self.cache.children(key))
+            observed = replace(
+                observed,
+                deployment=deployments.of_revision(ms, rollout.decision.stable),
+                revisions_available=rollout.observed.revisions_available,
+            )
         decision = plan(ms, observed)
         inputs = StatusInputs(
             generation=generation,
@@ -110,13 +137,42 @@ class Reconciler:
             endpoints=self._endpoints(ms),
             apply_error=apply_error,
             apply_reason=apply_reason,
+            rollout=delivery.status_overlay(rollout.decision) if rollout else None,
         )
         status = compute_status(inputs)
-        await self._publish(key, body, status)
+        wrote = await self._publish(key, body, status)
         stalled = apply_error is not None or decision.conversion_failed
-        return Done(stalled=stalled)
+        if rollout is None:
+            return Done(stalled=stalled)
+        if wrote:
+            for event in rollout.decision.events:
+                await apply.post_event(self.client, body, *event, now=clock)
+        return Done(stalled=stalled, requeue_after=delivery.requeue_after(rollout.decision, clock))
 
-    def _children(self, key: Key, body: dict[str, Any], ms: ModelService, observed: Observed) -> list[dict[str, Any]]:
+    async def _decide(
+        self, key: Key, ms: ModelService, observed: Observed, previous: dict[str, Any], now: datetime.datetime
+    ) -> _Rollout:
+        """spec.rollout: the rollout state machine's decision (with an analysis when one is due)."""
+        assert ms.spec.rollout is not None
+        state = delivery.state_of(ms)
+        deployments = delivery.Deployments.of(ms, self.cache.children(key))
+        observed = delivery.observed_for_plan(ms, observed, state, deployments)
+        conversion = await observe.conversion_result(self.client, self.cache, ms, previous)
+        machine = delivery.machine_observed(ms, plan(ms, observed), conversion, state, deployments)
+        sample = await delivery.take_sample(self.prometheus, ms, state, now)
+        decision = step(ms.spec.rollout, state, machine, sample, now, history_limit=ms.spec.revision_history_limit)
+        return _Rollout(observed, decision, delivery.traffic(ms, decision))
+
+    async def _retire(self, key: Key, ms: ModelService, wanted: list[dict[str, Any]], stable: str | None) -> None:
+        """Delete the Deployments a rollout no longer renders, once the stable revision's is available."""
+        deployments = delivery.Deployments.of(ms, self.cache.children(key))
+        for obj in delivery.retired(ms, deployments, wanted, stable):
+            await apply.delete_child(self.client, self.cache, obj)
+            logger.info("%s/%s: retired Deployment %s", *key, (obj.get("metadata") or {}).get("name"))
+
+    def _children(
+        self, key: Key, body: dict[str, Any], ms: ModelService, observed: Observed, traffic: Traffic | None
+    ) -> list[dict[str, Any]]:
         """``render.children``, memoized on everything it reads: rendering (YAML of the spec into the conversion
         ConfigMap) costs more CPU than the rest of a reconcile, and most reconciles render the same objects."""
         meta = body.get("metadata") or {}
@@ -125,6 +181,8 @@ class Reconciler:
                 {k: meta.get(k) for k in ("name", "namespace", "uid", "labels", "annotations")},
                 body.get("spec"),
                 [observed.served_hash, observed.conversion_job, observed.pvc_external],
+                sorted(observed.revisions_available),
+                repr(traffic),
             ],
             sort_keys=True,
             separators=(",", ":"),
@@ -132,7 +190,7 @@ class Reconciler:
         cached = self._rendered.get(key)
         if cached is not None and cached[0] == fingerprint:
             return cached[1]
-        wanted = children(ms, observed, self.config)
+        wanted = children(ms, observed, self.config, traffic)
         self._rendered[key] = (fingerprint, wanted)
         return wanted
 
@@ -153,14 +211,15 @@ class Reconciler:
             await apply.delete_child(self.client, self.cache, obj)
             logger.info("%s/%s: deleted %s/%s", *key, obj.get("kind"), (obj.get("metadata") or {}).get("name"))
 
-    async def _publish(self, key: Key, body: dict[str, Any], status: dict[str, Any]) -> None:
-        """Write the status when it changed; post an Event when the phase changed."""
+    async def _publish(self, key: Key, body: dict[str, Any], status: dict[str, Any]) -> bool:
+        """Write the status when it changed (True); post an Event when the phase changed."""
         previous = dict(body.get("status") or {})
         self.phases.set(key, status.get("phase"))
         patch = status_patch(previous, status)
         if patch is None:
-            return
+            return False
         await apply.write_status(self.client, self.cache, key[0], key[1], patch)
         transition = phase_event(previous, status)
         if transition is not None:
             await apply.post_event(self.client, body, *transition, now=self.clock())
+        return True

@@ -71,6 +71,21 @@ class DeploymentView:
 
 
 @dataclass(frozen=True)
+class RolloutOverlay:
+    """What a rollout decided (spec.rollout; controller/delivery.py), in status's camelCase form.
+
+    conditions:  override status.py's of the same type while the serving revision is healthy and nothing else is in
+                 progress (a canary running: Reconciling=True CanaryProgressing; aborted: Stalled=True
+                 CanaryAborted); Ready is then False with the same reason: the spec's revision is not fully served.
+    rollout:     ``status.rollout``; revisions: ``status.revisions`` (newest first).
+    """
+
+    conditions: tuple[dict[str, Any], ...] = ()
+    rollout: dict[str, Any] | None = None
+    revisions: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class StatusInputs:
     """Everything ``compute_status`` looks at.
 
@@ -94,6 +109,7 @@ class StatusInputs:
     endpoints: dict[str, str] | None = None
     apply_error: str | None = None
     apply_reason: str = "ChildConflict"
+    rollout: RolloutOverlay | None = None
 
 
 def _condition(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
@@ -198,13 +214,34 @@ def _phase_and_conditions(inputs: StatusInputs) -> tuple[str, list[dict[str, Any
     assert inputs.plan is not None, "a valid spec comes with a plan"
     converted = _converted_condition(inputs, inputs.plan)
     verdict = _verdict(inputs, inputs.plan, converted, dep)
-    return verdict.phase, [
+    conditions = [
         _condition("Ready", *verdict.ready),
         converted,
         available,
         _condition("Reconciling", *verdict.reconciling),
         _condition("Stalled", *verdict.stalled),
     ]
+    overlay = inputs.rollout
+    if overlay is None or not overlay.conditions or verdict.phase not in ("Ready", "Degraded", "Deploying"):
+        return verdict.phase, conditions
+    return _with_rollout(conditions, overlay)
+
+
+def _with_rollout(conditions: list[dict[str, Any]], overlay: RolloutOverlay) -> tuple[str, list[dict[str, Any]]]:
+    """The rollout's conditions over ours; Ready False while a canary runs (phase Deploying) or after it was
+    aborted (phase Degraded: the stable revision serves, the spec's does not)."""
+    by_type = {c["type"]: c for c in overlay.conditions}
+    merged = [
+        _condition(c["type"], by_type[c["type"]]["status"], by_type[c["type"]].get("reason", ""),
+                   by_type[c["type"]].get("message", ""))
+        if c["type"] in by_type else c
+        for c in conditions
+    ]  # fmt: skip
+    stalled = by_type.get("Stalled", {})
+    cause = stalled if stalled.get("status") == TRUE else by_type.get("Reconciling", {})
+    reason, message = str(cause.get("reason") or "Rollout"), str(cause.get("message") or "")
+    merged[0] = _condition("Ready", FALSE, reason, message)
+    return ("Degraded" if stalled.get("status") == TRUE else "Deploying"), merged
 
 
 def _stamp(conditions: list[dict[str, Any]], previous: list[dict[str, Any]], now: str, generation: int) -> None:
@@ -231,6 +268,11 @@ def compute_status(inputs: StatusInputs) -> dict[str, Any]:
         status["selector"] = inputs.selector
     if inputs.endpoints:
         status["endpoints"] = dict(inputs.endpoints)
+    if inputs.rollout is not None:
+        if inputs.rollout.rollout is not None:
+            status["rollout"] = dict(inputs.rollout.rollout)
+        if inputs.rollout.revisions:
+            status["revisions"] = [dict(r) for r in inputs.rollout.revisions]
     result = inputs.conversion
     if result is not None and result.succeeded:
         if result.artifact:

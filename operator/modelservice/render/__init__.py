@@ -19,6 +19,9 @@ Deployment            ``<name>``                             ``plan.deploy_hash`
 Service               ``<name>``                             always
 PodDisruptionBudget   ``<name>``                             with the Deployment
 HorizontalPodAutosc.  ``<name>``                             with the Deployment, when ``spec.autoscaling``
+                                                             has minReplicas >= 1
+ScaledObject (KEDA)   ``<name>``                             with the Deployment, when minReplicas is 0
+HTTPScaledObject      ``<name>``                             with the ScaledObject, when ``keda.httpAddOn``
 Ingress               ``<name>``                             ``spec.exposure.ingress``
 HTTPRoute             ``<name>``                             ``spec.exposure.httpRoute``
 ====================  =====================================  ================================================
@@ -66,6 +69,7 @@ from typing import Any
 
 from modelservice.api import kubeyaml
 from modelservice.api.models import ModelService
+from modelservice.render.canary import REVISION_LABEL, Traffic, TrafficSplit, revision_hpas, traffic_children
 from modelservice.render.configmap import build_configmap
 from modelservice.render.delivery import check_cluster_uris, model_delivery
 from modelservice.render.deployment import build_deployment
@@ -78,6 +82,7 @@ from modelservice.render.hpa import (
 )
 from modelservice.render.ingress import build_httproute, build_ingress
 from modelservice.render.job import build_job
+from modelservice.render.keda import build_http_scaled_object, build_scaled_object
 from modelservice.render.names import (
     HASH_ANNOTATION,
     HASH_LABEL,
@@ -108,10 +113,13 @@ __all__ = [
     "METRIC_INFERENCE_RATE",
     "METRIC_QUEUE_TIME",
     "PROMETHEUS_ADAPTER_RULES",
+    "REVISION_LABEL",
     "JobState",
     "Observed",
     "OperatorConfig",
     "Plan",
+    "Traffic",
+    "TrafficSplit",
     "build_configmap",
     "build_deployment",
     "build_hpa",
@@ -152,13 +160,20 @@ MANAGED_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "Service"),
     ("policy/v1", "PodDisruptionBudget"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("http.keda.sh/v1alpha1", "HTTPScaledObject"),
     ("networking.k8s.io/v1", "Ingress"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
 )
 
 
-def children(ms: ModelService, observed: Observed, config: OperatorConfig = DEFAULT_CONFIG) -> list[dict[str, Any]]:
+def children(
+    ms: ModelService, observed: Observed, config: OperatorConfig = DEFAULT_CONFIG, traffic: Traffic | None = None
+) -> list[dict[str, Any]]:
     """Every child the operator wants for ``ms`` given what it observed, in creation order.
+
+    ``traffic``: with ``spec.rollout``, what the rollout decided serves (``canary.py``); None: ``plan``'s
+    deploy hash serves, as without a rollout.
 
     Raises ``SpecError`` (naming the field) for specs only the local CLI can serve (file:// sources).
     """
@@ -169,21 +184,37 @@ def children(ms: ModelService, observed: Observed, config: OperatorConfig = DEFA
         out.append(build_pvc(ms, config))
     if decision.job_wanted:
         out += [build_configmap(ms), build_job(ms, config)]
+    if traffic is not None:
+        return out + _traffic_children(ms, traffic, config)
     if decision.deploy_hash is not None:
         out.append(build_deployment(ms, decision.deploy_hash, config))
     out.append(build_service(ms))
     if decision.deploy_hash is not None:
         out.append(build_pdb(ms))
-        hpa = build_hpa(ms)
-        if hpa is not None:
-            out.append(hpa)
+        for scaler in (build_hpa(ms), build_scaled_object(ms, config), build_http_scaled_object(ms, config)):
+            if scaler is not None:
+                out.append(scaler)
     for optional in (build_ingress(ms), build_httproute(ms)):
         if optional is not None:
             out.append(optional)
     return out
 
 
-# A claim holds data; a Deployment, once serving, is never taken away (plan() always keeps a served hash).
+def _traffic_children(ms: ModelService, traffic: Traffic, config: OperatorConfig) -> list[dict[str, Any]]:
+    split = traffic.split
+    if split is None:  # nothing serves yet
+        return [build_service(ms), *(o for o in (build_ingress(ms), build_httproute(ms)) if o is not None)]
+    out = traffic_children(ms, split, config, per_revision=traffic.per_revision)
+    routes = [o for o in out if o["kind"] == "HTTPRoute"]
+    out = [o for o in out if o["kind"] != "HTTPRoute"]
+    out.append(build_pdb(ms))
+    out += revision_hpas(ms, split, per_revision=traffic.per_revision)
+    ingress = build_ingress(ms)
+    return out + ([ingress] if ingress is not None else []) + routes
+
+
+# A claim holds data; a Deployment, once serving, is never taken away (plan() always keeps a served hash; the
+# controller retires a Deployment a rollout no longer renders once the one serving instead is available).
 _NEVER_OBSOLETE = frozenset({"PersistentVolumeClaim", "Deployment"})
 
 

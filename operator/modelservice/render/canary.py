@@ -1,17 +1,19 @@
-"""Traffic between two revisions of one ModelService (issue 10, part 2): pure builders, NOT YET WIRED.
+"""Traffic between two revisions of one ModelService (issue 10, part 2): pure builders.
 
-Nothing calls ``traffic_children`` yet; the operator still renders through ``children`` (``__init__.py``). The
-wiring (``controller/rollout.py``'s ``Decision`` -> ``TrafficSplit``; create/delete the per-revision objects;
-per-revision PDB and HPA) is left to do.
+``render.children(ms, observed, config, traffic=Traffic(...))`` calls ``traffic_children`` and ``revision_hpas``
+when ``spec.rollout`` is set; the controller (controller/delivery.py) makes the ``Traffic`` from the rollout
+state machine's decision.
 
-Revisions are conversion hashes. While a canary runs (``TrafficSplit.canary_running``):
+Revisions are conversion hashes. With ``strategy: canary`` every revision runs as its own Deployment
+(``Traffic.per_revision``), also when no canary runs, so a canary starts and ends without renaming anything:
 
 - each revision has its own Deployment and ClusterIP Service, both named ``<name>-<hash>`` (``revision_name``);
   the pod template and the Deployment's selector carry ``modelservice.dev/revision: <hash>`` (``REVISION_LABEL``)
   so Services and metrics tell revisions apart;
 - the user-facing Service ``<name>`` (type and annotations from ``spec.exposure.service``) selects the stable
-  revision only at weight 0, the canary only at weight 100, and both revisions in between: the split of its
-  traffic is then approximated by replica counts (``split_replicas``);
+  revision only at weight 0, the canary only at weight 100, and every revision of the ModelService otherwise
+  (in between, its split of traffic is approximated by replica counts, ``split_replicas``; without a canary,
+  a revision whose Deployment is being retired keeps serving until the new stable one is available);
 - with ``spec.exposure.httpRoute`` the HTTPRoute sends requests to the per-revision Services with weighted
   ``backendRefs`` (stable ``100 - weight``, canary ``weight``, both listed, a weight may be 0) and, while the
   weight is still 0, copies ``mirror_percent`` percent of them to the canary's Service with a ``RequestMirror``
@@ -21,18 +23,15 @@ Revisions are conversion hashes. While a canary runs (``TrafficSplit.canary_runn
 Replicas (``spec.serving.replicas``, no autoscaling): ``split_replicas(replicas, weight)``. The canary's Deployment
 keeps at least one replica while it exists (unless scaled to zero), also at weight 0: it must become ready before
 the first step, and the user-facing Service does not select it then. With a gateway its count also covers the
-mirrored share. With ``spec.autoscaling`` ``replicas`` is left out of both Deployments, as today (per-revision
-HPAs are left to do).
+mirrored share. With ``spec.autoscaling`` ``replicas`` is left out of both Deployments, as today, and each has its
+own HPA (``revision_hpas``): the stable's is today's (named ``<name>``), the canary's (``<name>-<hash>``) keeps
+at least the replicas its weight needs out of ``minReplicas``.
 
-Without a running canary (``canary`` None or equal to ``stable``) the objects are exactly today's: Deployment,
-Service and HTTPRoute named ``<name>``, from ``build_deployment``/``build_service``/``build_httproute``.
-
-For the wiring: a Deployment's selector is immutable, and today's ``<name>`` Deployment selects
-``selector_labels`` without the revision label, so it also matches both revisions' pods (Kubernetes warns
-against overlapping selectors; its PDB and HPA see them too). When a canary starts, ``<name>-<stable>`` replaces
-``<name>``: keep ``<name>`` until ``<name>-<stable>`` is ready, then delete it (``obsolete_children`` never deletes
-a Deployment today). After promotion the output is ``<name>`` again, serving the new hash: the same handover the
-other way. Both handovers are left to the wiring.
+``strategy: immediate`` keeps today's single Deployment ``<name>`` (``per_revision`` False), moved from revision to
+revision. Switching strategy hands over between ``<name>`` and ``<name>-<hash>``: the Deployment no longer
+rendered is deleted by the controller only once the new one is available (the user-facing Service selects both
+meanwhile). Deployments' selectors overlap during that handover (``<name>`` selects every pod of the ModelService);
+ReplicaSets and pods belong to their Deployment by owner reference, so neither adopts the other's pods.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from typing import Any
 from modelservice import GROUP
 from modelservice.api.models import ModelService
 from modelservice.render.deployment import build_deployment
+from modelservice.render.hpa import build_hpa
 from modelservice.render.ingress import build_httproute
 from modelservice.render.names import COMPONENT_SERVER, HTTP_PORT, metadata, selector_labels
 from modelservice.render.plan import DEFAULT_CONFIG, OperatorConfig
@@ -193,19 +193,40 @@ def build_split_httproute(ms: ModelService, split: TrafficSplit) -> dict[str, An
     return route
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """What the rollout decided for rendering (``spec.rollout`` set).
+
+    split:         the revisions serving and their weights; None: nothing serves yet (first conversion running).
+    per_revision:  every revision runs as its own ``<name>-<hash>`` Deployment (strategy canary).
+    """
+
+    split: TrafficSplit | None
+    per_revision: bool = False
+
+
 def traffic_children(
-    ms: ModelService, split: TrafficSplit, config: OperatorConfig = DEFAULT_CONFIG
+    ms: ModelService, split: TrafficSplit, config: OperatorConfig = DEFAULT_CONFIG, *, per_revision: bool = False
 ) -> list[dict[str, Any]]:
     """The Deployments, Services and HTTPRoute serving ``split``, in creation order.
 
-    No canary running: ``[build_deployment(ms, stable), build_service(ms), build_httproute(ms)?]``, today's
-    objects. A canary running: the stable's and the canary's Deployment and Service, the user-facing Service,
-    the HTTPRoute when ``spec.exposure.httpRoute`` is set.
+    No canary running and not ``per_revision``: ``[build_deployment(ms, stable), build_service(ms),
+    build_httproute(ms)?]``, today's objects. ``per_revision`` without a canary: the stable's Deployment and
+    Service, the user-facing Service, the HTTPRoute. A canary running: the stable's and the canary's Deployment and
+    Service, the user-facing Service, the HTTPRoute when ``spec.exposure.httpRoute`` is set.
     """
     route = build_split_httproute(ms, split)
     tail = [route] if route is not None else []
     if not split.canary_running or split.canary is None:
-        return [build_deployment(ms, split.stable, config), build_service(ms), *tail]
+        if not per_revision:
+            return [build_deployment(ms, split.stable, config), build_service(ms), *tail]
+        fixed = None if ms.spec.autoscaling is not None else ms.spec.serving.replicas
+        return [
+            build_revision_deployment(ms, split.stable, fixed, config),
+            build_revision_service(ms, split.stable),
+            build_user_service(ms, split),
+            *tail,
+        ]
     replicas = _replicas(ms, split)
     stable_replicas, canary_replicas = replicas if replicas is not None else (None, None)
     return [
@@ -216,3 +237,32 @@ def traffic_children(
         build_user_service(ms, split),
         *tail,
     ]
+
+
+def revision_hpas(ms: ModelService, split: TrafficSplit, *, per_revision: bool = False) -> list[dict[str, Any]]:
+    """The HPAs of ``split`` (none without ``spec.autoscaling``).
+
+    Today's HPA ``<name>`` scales the stable revision's Deployment (``<name>-<stable>`` when ``per_revision``).
+    While a canary runs with ``per_revision``, a second HPA ``<name>-<canary>`` scales the canary between
+    ``maxReplicas`` and the replicas its weight (or mirrored share) needs out of ``minReplicas``
+    (``split_replicas``, at least 1).
+    """
+    autoscaling = ms.spec.autoscaling
+    hpa = build_hpa(ms)
+    if hpa is None or autoscaling is None:
+        return []
+    if not per_revision:
+        return [hpa]
+    hpa["spec"]["scaleTargetRef"]["name"] = revision_name(ms, split.stable)
+    if not split.canary_running or split.canary is None:
+        return [hpa]
+    share = split.weight
+    if split.mirroring and ms.spec.exposure.http_route is not None:
+        share = max(share, split.mirror_percent or 0)
+    canary = build_hpa(ms)
+    assert canary is not None
+    canary["metadata"]["name"] = revision_name(ms, split.canary)
+    canary["metadata"]["labels"][REVISION_LABEL] = split.canary
+    canary["spec"]["scaleTargetRef"]["name"] = revision_name(ms, split.canary)
+    canary["spec"]["minReplicas"] = max(1, split_replicas(autoscaling.min_replicas, share)[1])
+    return [hpa, canary]

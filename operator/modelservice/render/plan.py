@@ -49,6 +49,9 @@ class OperatorConfig:
     startup_failure_threshold: int = 180
     # Whether the operator-created model claim is owned by the ModelService (deleted with it).
     own_created_pvc: bool = True
+    # Prometheus that scrapes Triton (``--prometheus-url``): canary analysis queries it, KEDA triggers point at it.
+    # Empty: canaries are judged by replica readiness only (status says so).
+    prometheus_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorConfig:
@@ -103,11 +106,14 @@ class Observed:
                        when no such Job exists; use ``job_state(job)`` to compute it from a Job object.
     pvc_external:      True when the model claim (``pvc_name(ms)``) exists and is not owned by this
                        ModelService: it is used as is and no PersistentVolumeClaim is rendered.
+    revisions_available: hashes whose converted repositories are on the claim already (the revisions in
+                       ``status.revisions``, spec.rollout): serving one of them again needs no conversion Job.
     """
 
     deployment: dict[str, Any] | None = None
     conversion_job: JobState | None = None
     pvc_external: bool = False
+    revisions_available: frozenset[str] = frozenset()
 
     @property
     def served_hash(self) -> str | None:
@@ -169,6 +175,8 @@ def plan(ms: ModelService, observed: Observed) -> Plan:
     - No conversion needed (triton-repository source): the Deployment serves the current spec at once.
     - The Job of the current hash is wanted unless the Deployment already serves that hash (so a Job removed
       by its TTL after success is never re-created, and an unchanged spec never re-converts).
+    - A hash in ``revisions_available`` (an older revision kept on the claim, spec.rollout) is served again at
+      once, without a Job: a GitOps revert rolls back without waiting for a conversion.
     - The Deployment moves to the current hash only once that hash's Job succeeded; until then it keeps
       serving the hash it has (a running Triton keeps the old model), and it does not exist before the first
       successful conversion.
@@ -177,6 +185,8 @@ def plan(ms: ModelService, observed: Observed) -> Plan:
     served = observed.served_hash
     if not needs_conversion(ms):
         return Plan(desired, served, desired, job_wanted=False, conversion_state=None)
+    if served != desired and desired in observed.revisions_available:
+        return Plan(desired, served, desired, job_wanted=False, conversion_state=None)  # a rollback
     job_wanted = served != desired
     state = observed.conversion_job if job_wanted else None
     deploy = desired if (served == desired or state == "succeeded") else served
