@@ -59,6 +59,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         peering=args.peering,
         priority=args.priority,
         verbose=args.verbose,
+        prometheus_url=args.prometheus_url,
     )
 
 
@@ -194,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port (0: off)")
     p.add_argument("--peering", default=None, help="kopf peering name for standby replicas (default: standalone)")
     p.add_argument("--priority", type=int, default=0, help="kopf peering priority")
+    p.add_argument(
+        "--prometheus-url",
+        default=None,
+        help="Prometheus scraping Triton, for canary analysis (default: $MODELSERVICE_PROMETHEUS_URL; none: canaries "
+        "are judged by replica readiness only)",
+    )
 
     add("crd", _cmd_crd, "print the generated CustomResourceDefinition (crds/ holds the same bytes)")
 
