@@ -119,7 +119,7 @@ class TestRules:
             ),
             (
                 {"spec__autoscaling": {"maxReplicas": 2, "metrics": [{"type": "queueTime"}]}},
-                "spec.autoscaling.metrics[0].targetMicroseconds: required",
+                "spec.autoscaling: metrics[0] (queueTime) needs targetMicroseconds, or serving.latencyTarget",
             ),
             (
                 {

@@ -28,7 +28,7 @@ import pytest
 from _apiserver import verdict
 from pydantic import BaseModel
 
-from modelservice.api import exposure, models, rollout, status
+from modelservice.api import exposure, models, rollout, scaling, status
 from modelservice.api.errors import SpecError
 from modelservice.api.loader import parse
 from modelservice.api.models import ModelService
@@ -276,14 +276,66 @@ INVALID: dict[str, Case] = {
                 "autoscaling": {"maxReplicas": 2, "metrics": [{"type": "queueTime", "targetPerReplica": 5}]},
             }
         ),
-        "spec.autoscaling.metrics[0].targetMicroseconds: required for metric type queueTime",
+        "spec.autoscaling.metrics[0].targetPerReplica: not valid for metric type queueTime",
         "metric type queueTime takes targetMicroseconds only",
     ),
-    "inferenceRate without target": Case(
+    "inferenceRate with a queue target": Case(
         "MetricTarget._one_target",
-        doc({"model": PYTORCH, "autoscaling": {"maxReplicas": 2, "metrics": [{"type": "inferenceRate"}]}}),
-        "spec.autoscaling.metrics[0].targetPerReplica: required for metric type inferenceRate",
+        doc(
+            {
+                "model": PYTORCH,
+                "autoscaling": {"maxReplicas": 2, "metrics": [{"type": "inferenceRate", "targetMicroseconds": 5}]},
+            }
+        ),
+        "spec.autoscaling.metrics[0].targetMicroseconds: not valid for metric type inferenceRate",
         "metric type inferenceRate takes targetPerReplica only",
+    ),
+    "queueTime without target nor latencyTarget": Case(
+        "ModelServiceSpec._cross_section_rules",
+        doc({"model": PYTORCH, "autoscaling": {"maxReplicas": 2, "metrics": [{"type": "queueTime"}]}}),
+        "spec.autoscaling: metrics[0] (queueTime) needs targetMicroseconds, or serving.latencyTarget",
+        "a queueTime metric needs targetMicroseconds, or serving.latencyTarget to derive it from",
+    ),
+    "scale to zero without a wake": Case(
+        "Autoscaling._bounds",
+        doc({"model": PYTORCH, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}}),
+        "spec.autoscaling.minReplicas: 0 scales to zero with KEDA; set keda.httpAddOn or keda.wakeQuery",
+        "minReplicas 0 scales to zero with KEDA: set keda.httpAddOn or keda.wakeQuery so requests wake it",
+    ),
+    "scale to zero with the add-on off": Case(
+        "Autoscaling._bounds",
+        doc({"model": PYTORCH, "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "keda": {"httpAddOn": False}}}),
+        "spec.autoscaling.minReplicas: 0 scales to zero with KEDA; set keda.httpAddOn or keda.wakeQuery",
+        "minReplicas 0 scales to zero with KEDA: set keda.httpAddOn or keda.wakeQuery so requests wake it",
+    ),
+    "keda without scale to zero": Case(
+        "Autoscaling._bounds",
+        doc({"model": PYTORCH, "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "keda": {"httpAddOn": True}}}),
+        "spec.autoscaling.keda: applies only with minReplicas 0",
+        "keda applies only with minReplicas 0",
+    ),
+    "keda with the default minReplicas": Case(
+        "Autoscaling._bounds",
+        doc({"model": PYTORCH, "autoscaling": {"maxReplicas": 2, "keda": {"wakeQuery": "vector(1)"}}}),
+        "spec.autoscaling.keda: applies only with minReplicas 0",
+        "keda applies only with minReplicas 0",
+    ),
+    "negative minReplicas": Case(
+        "schema",
+        doc({"model": PYTORCH, "autoscaling": {"minReplicas": -1, "maxReplicas": 2}}),
+        "spec.autoscaling.minReplicas: Input should be greater than or equal to 0",
+        "-1 is less than the minimum of 0",
+    ),
+    "cooldown below zero": Case(
+        "schema",
+        doc(
+            {
+                "model": PYTORCH,
+                "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "keda": {"httpAddOn": True, "cooldownSeconds": -1}},
+            }
+        ),
+        "spec.autoscaling.keda.cooldownSeconds: Input should be greater than or equal to 0",
+        "-1 is less than the minimum of 0",
     ),
     "min above max": Case(
         "Autoscaling._bounds",
@@ -622,6 +674,33 @@ VALID: dict[str, tuple[str, dict[str, Any]]] = {
             }
         ),
     ),
+    "measured targets": (
+        "",
+        doc(
+            {
+                "model": PYTORCH,
+                "serving": {"latencyTarget": {"p99Milliseconds": 40}},
+                "autoscaling": {"maxReplicas": 8, "metrics": [{"type": "queueTime"}, {"type": "inferenceRate"}]},
+            }
+        ),
+    ),
+    "scale to zero through the HTTP add-on": (
+        "",
+        doc({"model": ONNX, "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "keda": {"httpAddOn": True}}}),
+    ),
+    "scale to zero woken by a query": (
+        "",
+        doc(
+            {
+                "model": ONNX,
+                "autoscaling": {
+                    "minReplicas": 0,
+                    "maxReplicas": 3,
+                    "keda": {"wakeQuery": 'sum(rate(nginx_ingress_controller_requests{service="digits"}[1m]))'},
+                },
+            }
+        ),
+    ),
     "an integer for a number": ("", doc({"model": ONNX, "conversion": {"verification": {"tolerance": 1}}})),
     "conversion null": ("ApiModel._null_is_absent", doc({"model": ONNX, "conversion": None})),
     "serving fields null": (
@@ -684,7 +763,7 @@ def test_both_accept(case: str) -> None:
 
 def _api_models() -> list[type[BaseModel]]:
     found = []
-    for module in (models, status, exposure, rollout):
+    for module in (models, status, exposure, rollout, scaling):
         for _, value in inspect.getmembers(module, inspect.isclass):
             if issubclass(value, BaseModel) and value.__module__ == module.__name__:
                 found.append(value)

@@ -10,6 +10,7 @@ check is also in the CRD (``cel()`` rules, schema keywords in ``json_schema_extr
 `modelservice validate` agree; tests/unit/test_crd_parity.py holds one case per validator and names the rules the
 CRD cannot express. Defaults (``default=``, ``default_factory=``) become the CRD's structural defaults.
 Status models live in ``api.status``, storage and exposure in ``api.exposure``, ``spec.rollout`` in ``api.rollout``,
+``spec.autoscaling`` in ``api.scaling``,
 the shared base (``ApiModel``) in ``api.base``.
 """
 
@@ -26,6 +27,9 @@ from modelservice.api.base import ApiModel as ApiModel
 from modelservice.api.base import cel
 from modelservice.api.exposure import Exposure, Storage
 from modelservice.api.rollout import Rollout
+from modelservice.api.scaling import QUEUE_TIME_RULE, queue_time_problem
+from modelservice.api.scaling import Autoscaling as Autoscaling
+from modelservice.api.scaling import MetricTarget as MetricTarget
 from modelservice.api.status import Artifact as Artifact
 from modelservice.api.status import Condition as Condition
 from modelservice.api.status import Endpoints as Endpoints
@@ -483,108 +487,6 @@ class Serving(ApiModel):
         return self
 
 
-# ----------------------------------------------------------------------------------------- spec: autoscaling
-
-MetricType = Literal["cpu", "queueTime", "inferenceRate"]
-
-
-class MetricTarget(ApiModel):
-    """One autoscaling signal. cpu takes targetUtilization; queueTime targetMicroseconds; inferenceRate
-    targetPerReplica."""
-
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            (
-                "self.type != 'cpu' || (has(self.targetUtilization) && !has(self.targetMicroseconds) "
-                "&& !has(self.targetPerReplica))",
-                "metric type cpu takes targetUtilization only",
-                "",
-            ),
-            (
-                "self.type != 'queueTime' || (has(self.targetMicroseconds) && !has(self.targetUtilization) "
-                "&& !has(self.targetPerReplica))",
-                "metric type queueTime takes targetMicroseconds only",
-                "",
-            ),
-            (
-                "self.type != 'inferenceRate' || (has(self.targetPerReplica) && !has(self.targetUtilization) "
-                "&& !has(self.targetMicroseconds))",
-                "metric type inferenceRate takes targetPerReplica only",
-                "",
-            ),
-        )
-    )
-
-    type: MetricType = Field(description="cpu, queueTime (Triton queue time per request) or inferenceRate.")
-    target_utilization: int | None = Field(default=None, ge=1, le=100, description="cpu: percent of requests.")
-    target_microseconds: int | None = Field(default=None, ge=1, description="queueTime: average queue time, us.")
-    target_per_replica: int | None = Field(default=None, ge=1, description="inferenceRate: inferences/s per pod.")
-
-    @model_validator(mode="after")
-    def _one_target(self) -> MetricTarget:
-        needed = {
-            "cpu": "targetUtilization",
-            "queueTime": "targetMicroseconds",
-            "inferenceRate": "targetPerReplica",
-        }
-        present = {
-            "targetUtilization": self.target_utilization,
-            "targetMicroseconds": self.target_microseconds,
-            "targetPerReplica": self.target_per_replica,
-        }
-        want = needed[self.type]
-        if present[want] is None:
-            raise ValueError(f"{want}: required for metric type {self.type}")
-        extra = [k for k, v in present.items() if v is not None and k != want]
-        if extra:
-            raise ValueError(f"{extra[0]}: not valid for metric type {self.type}")
-        return self
-
-    @property
-    def target(self) -> int:
-        value = self.target_utilization or self.target_microseconds or self.target_per_replica
-        assert value is not None
-        return value
-
-
-def _default_metrics() -> list[MetricTarget]:
-    return [MetricTarget(type="cpu", target_utilization=70)]
-
-
-class Autoscaling(ApiModel):
-    """HorizontalPodAutoscaler settings; absent means fixed replicas."""
-
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            (
-                "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
-                "minReplicas must not exceed maxReplicas",
-                ".minReplicas",
-            ),
-            (
-                "!has(self.metrics) || self.metrics.all(m, self.metrics.exists_one(n, n.type == m.type))",
-                "each metric type may appear once",
-                ".metrics",
-            ),
-        )
-    )
-
-    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
-    max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
-    metrics: list[MetricTarget] = Field(
-        default_factory=_default_metrics, min_length=1, max_length=8, description="Signals to scale on."
-    )
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Autoscaling:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(f"minReplicas: {self.min_replicas} is greater than maxReplicas {self.max_replicas}")
-        types = [m.type for m in self.metrics]
-        if len(set(types)) != len(types):
-            raise ValueError("metrics: each metric type may appear once")
-        return self
-
-
 # ---------------------------------------------------------------------------------------------------- spec
 
 
@@ -632,6 +534,7 @@ class ModelServiceSpec(ApiModel):
                 "fp16 torchscript needs serving.resources.gpu >= 1",
                 ".conversion",
             ),
+            QUEUE_TIME_RULE,
         )
     )
 
@@ -671,6 +574,9 @@ class ModelServiceSpec(ApiModel):
             raise ValueError("serving: target tensorrt needs a GPU (serving.resources.gpu >= 1)")
         if self.conversion.precision == "fp16" and target == "torchscript" and self.serving.resources.gpu < 1:
             raise ValueError("conversion: fp16 torchscript needs a GPU (serving.resources.gpu >= 1)")
+        problem = queue_time_problem(self.autoscaling, self.serving.latency_target is not None)
+        if problem:
+            raise ValueError(problem)
         return self
 
 

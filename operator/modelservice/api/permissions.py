@@ -29,6 +29,9 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "persistentvolumeclaims", ("get", "list", "watch", "create", "patch")),
     Permission("policy", "poddisruptionbudgets", ("get", "list", "watch", "create", "patch", "delete")),
     Permission("autoscaling", "horizontalpodautoscalers", ("get", "list", "watch", "create", "patch", "delete")),
+    # Scale to zero (render/keda.py): KEDA's ScaledObject and the KEDA HTTP add-on's HTTPScaledObject.
+    Permission("keda.sh", "scaledobjects", ("get", "list", "watch", "create", "patch", "delete")),
+    Permission("http.keda.sh", "httpscaledobjects", ("get", "list", "watch", "create", "patch", "delete")),
     Permission("networking.k8s.io", "ingresses", ("get", "list", "watch", "create", "patch", "delete")),
     Permission("gateway.networking.k8s.io", "httproutes", ("get", "list", "watch", "create", "patch", "delete")),
     # The conversion Job's pods: listed once per finished conversion for the termination message (observe.py).

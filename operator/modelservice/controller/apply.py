@@ -37,6 +37,8 @@ CHILD_KINDS: dict[tuple[str, str], Kind] = {
         Kind("", "v1", "services", "Service"),
         Kind("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
         Kind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+        Kind("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject"),
+        Kind("http.keda.sh", "v1alpha1", "httpscaledobjects", "HTTPScaledObject"),
         Kind("networking.k8s.io", "v1", "ingresses", "Ingress"),
         Kind("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
     )

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelservice.api.models import MetricTarget, ModelService
+from modelservice.api.models import ModelService
 from modelservice.render.names import COMPONENT_SERVER, deployment_name, hpa_name, metadata
+from modelservice.render.targets import TARGETS_ANNOTATION, Target, derived_targets, targets_annotation
 
 METRIC_QUEUE_TIME = "modelservice_triton_queue_time_us"
 METRIC_INFERENCE_RATE = "modelservice_triton_inference_rate"
@@ -51,36 +52,40 @@ def _pods_metric(name: str, average: int) -> dict[str, Any]:
     }
 
 
-def hpa_metric(metric: MetricTarget) -> dict[str, Any]:
-    """One ModelService metric as an autoscaling/v2 MetricSpec."""
-    if metric.type == "cpu":
+def hpa_metric(target: Target) -> dict[str, Any]:
+    """One ModelService metric, with its given or derived target (render/targets.py), as a MetricSpec."""
+    if target.metric.type == "cpu":
         return {
             "type": "Resource",
-            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": metric.target}},
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target.value}},
         }
-    if metric.type == "queueTime":
-        return _pods_metric(METRIC_QUEUE_TIME, metric.target)
-    return _pods_metric(METRIC_INFERENCE_RATE, metric.target)
+    if target.metric.type == "queueTime":
+        return _pods_metric(METRIC_QUEUE_TIME, target.value)
+    return _pods_metric(METRIC_INFERENCE_RATE, target.value)
 
 
 def build_hpa(ms: ModelService) -> dict[str, Any] | None:
-    """The HPA scaling the Deployment, or None when ``spec.autoscaling`` is absent.
+    """The HPA scaling the Deployment, or None when ``spec.autoscaling`` is absent or scales to zero (KEDA's
+    ScaledObject then makes its own HPA, render/keda.py).
 
     Scale-down waits 5 minutes of lower load (Triton replicas are slow to start) and removes at most one pod
-    per minute; scale-up is immediate.
+    per minute; scale-up is immediate. The annotation ``modelservice.dev/autoscaling-targets`` says where each
+    target comes from (the spec, a measurement, the latency target or a default).
     """
     autoscaling = ms.spec.autoscaling
-    if autoscaling is None:
+    if autoscaling is None or autoscaling.scales_to_zero:
         return None
+    targets = derived_targets(ms)
+    meta = metadata(ms, hpa_name(ms), COMPONENT_SERVER, annotations={TARGETS_ANNOTATION: targets_annotation(targets)})
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": metadata(ms, hpa_name(ms), COMPONENT_SERVER),
+        "metadata": meta,
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name(ms)},
             "minReplicas": autoscaling.min_replicas,
             "maxReplicas": autoscaling.max_replicas,
-            "metrics": [hpa_metric(metric) for metric in autoscaling.metrics],
+            "metrics": [hpa_metric(target) for target in targets],
             "behavior": {
                 "scaleDown": {
                     "stabilizationWindowSeconds": 300,
