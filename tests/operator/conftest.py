@@ -79,6 +79,9 @@ async def start_operator(emulator: ApiServerEmulator, kubeconfig: Path) -> Async
             workers=overrides.pop("workers", 4),
             tweak_settings=fast_settings,
         )
+        for name in ("clock", "prometheus"):  # a test's clock (rollouts), a PrometheusClient for canary analysis
+            if name in overrides:
+                setattr(runtime, name, overrides.pop(name))
         stop, ready = threading.Event(), threading.Event()
         namespaces = overrides.pop("namespaces", [])
 

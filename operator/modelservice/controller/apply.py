@@ -99,12 +99,25 @@ def _matches(want: Any, have: Any, key: str = "", in_quantities: bool = False) -
     return (in_quantities or key in QUANTITY_FIELDS) and have is not None and _same_quantity(want, have)
 
 
+# Flat string maps the operator owns whole (a Service's ``spec.selector``: a canary's traffic moves by taking a
+# revision label out of it): extra keys in the live object differ, and the patch removes them (null).
+EXACT_MAPS = frozenset({"selector"})
+
+
+def _is_flat(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
 def owned_patch(desired: dict[str, Any], live: dict[str, Any], in_quantities: bool = False) -> dict[str, Any]:
-    """A JSON merge patch setting every rendered field that differs in ``live`` (lists are set whole)."""
+    """A JSON merge patch setting every rendered field that differs in ``live`` (lists are set whole; maps in
+    ``EXACT_MAPS`` whole, extra keys removed)."""
     patch: dict[str, Any] = {}
     for key, want in desired.items():
         have = live.get(key)
-        if isinstance(want, dict) and isinstance(have, dict):
+        if key in EXACT_MAPS and isinstance(have, dict) and _is_flat(want) and _is_flat(have):
+            if want != have:
+                patch[key] = {**want, **{k: None for k in have if k not in want}}
+        elif isinstance(want, dict) and isinstance(have, dict):
             sub = owned_patch(want, have, in_quantities=key in QUANTITY_MAPS)
             if sub:
                 patch[key] = sub

@@ -161,19 +161,27 @@ def traffic(ms: ModelService, decision: rollout.Decision) -> Traffic:
 
 
 def retired(
-    ms: ModelService, deployments: Deployments, wanted: list[dict[str, Any]], stable: str | None
+    ms: ModelService, deployments: Deployments, wanted: list[dict[str, Any]], decision: rollout.Decision
 ) -> list[dict[str, Any]]:
-    """Deployments of this ModelService no longer rendered, to delete now: only once the Deployment serving the
-    stable revision is available (every replica ready), so requests always find a pod."""
+    """Deployments of this ModelService no longer rendered, to delete now: once the Deployment serving the stable
+    revision is available (every replica ready), so requests always find a pod and capacity does not drop; an
+    aborted canary's as soon as the stable revision has a ready replica (it must not take requests any longer)."""
     names = {(o.get("metadata") or {}).get("name") for o in wanted if o.get("kind") == "Deployment"}
-    serving = deployments.of_revision(ms, stable)
+    serving = deployments.of_revision(ms, decision.stable)
     if serving is None or (serving.get("metadata") or {}).get("name") not in names:
         return []
     view = DeploymentView.of(serving)
-    if not (view.rolled_out and view.available and view.ready_replicas > 0):
+    if view.ready_replicas == 0:
         return []
-    candidates = [deployments.named, *deployments.revisions.values()]
-    return [d for d in candidates if d is not None and (d.get("metadata") or {}).get("name") not in names]
+    available = view.rolled_out and view.available
+    aborted = {r.hash for r in decision.revisions if r.outcome == "Aborted"}
+    out = []
+    for hash_, deployment in [(_served_hash(deployments.named), deployments.named), *deployments.revisions.items()]:
+        if deployment is None or (deployment.get("metadata") or {}).get("name") in names:
+            continue
+        if available or hash_ in aborted:
+            out.append(deployment)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- analysis

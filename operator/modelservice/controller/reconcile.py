@@ -112,7 +112,7 @@ class Reconciler:
                 logger.info("%s/%s: created %s patched %s", *key, result.created or "-", result.patched or "-")
             await self._prune(key, ms, wanted, uid)
             if rollout is not None:
-                await self._retire(key, ms, wanted, rollout.decision.stable)
+                await self._retire(key, ms, wanted, rollout.decision)
         except apply.ChildConflict as exc:
             apply_error, apply_reason = str(exc), exc.reason
 
@@ -163,10 +163,10 @@ class Reconciler:
         decision = step(ms.spec.rollout, state, machine, sample, now, history_limit=ms.spec.revision_history_limit)
         return _Rollout(observed, decision, delivery.traffic(ms, decision))
 
-    async def _retire(self, key: Key, ms: ModelService, wanted: list[dict[str, Any]], stable: str | None) -> None:
+    async def _retire(self, key: Key, ms: ModelService, wanted: list[dict[str, Any]], decision: Decision) -> None:
         """Delete the Deployments a rollout no longer renders, once the stable revision's is available."""
         deployments = delivery.Deployments.of(ms, self.cache.children(key))
-        for obj in delivery.retired(ms, deployments, wanted, stable):
+        for obj in delivery.retired(ms, deployments, wanted, decision):
             await apply.delete_child(self.client, self.cache, obj)
             logger.info("%s/%s: retired Deployment %s", *key, (obj.get("metadata") or {}).get("name"))
 
