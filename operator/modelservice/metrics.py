@@ -5,6 +5,8 @@
 - ``modelservice_modelservices{phase}``: ModelServices by status phase, as last computed.
 - ``modelservice_api_requests_total{verb,resource}`` and ``modelservice_api_errors_total{verb,resource,code}``:
   the operator's own API requests (kopf's watches excluded); code ``connection`` when no HTTP answer came.
+- ``modelservice_prometheus_queries_total{result}``: PromQL queries of canary analysis (ok, error); three per
+  revision per analysis, one analysis per ``spec.rollout.analysis.interval`` per canary in progress.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ RECONCILE_DURATION = Histogram(
 )
 MODELSERVICES = Gauge("modelservice_modelservices", "ModelServices by status phase.", ["phase"])
 API_REQUESTS = Counter("modelservice_api_requests", "API requests sent by the operator.", ["verb", "resource"])
+PROMETHEUS_QUERIES = Counter(
+    "modelservice_prometheus_queries", "PromQL queries sent for canary analysis, by result.", ["result"]
+)
 API_ERRORS = Counter("modelservice_api_errors", "Failed API requests of the operator.", ["verb", "resource", "code"])
 
 

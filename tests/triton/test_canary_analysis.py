@@ -8,11 +8,15 @@ request, except:
 - ``slow``: takes 35 ms per request (3.5x the stable one).
 After a few seconds of load through tritonclient, the analysis, with real PromQL through PrometheusClient, must pass
 ``good``, fail ``broken`` on its error rate and ``slow`` on its latency ratio, and wait when minRequests is not met.
+The last tests take the operator's own path (controller/delivery.py's sample, then the rollout state machine) for a
+ModelService in namespace ``ml`` (the scrape also attaches ``namespace``, as a PodMonitor does): the healthy canary
+is promoted, the failing one aborted, from the same real PromQL results.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import threading
 import time
@@ -24,6 +28,8 @@ import numpy as np
 import pytest
 
 from _prometheus import PrometheusProcess, Target, find_prometheus
+from modelservice.api.loader import parse
+from modelservice.controller import delivery, rollout
 from modelservice.controller.analysis import (
     AnalysisRequest,
     AnalysisResult,
@@ -44,6 +50,7 @@ pytestmark = [
 ]
 
 MODEL = "classifier"
+NAMESPACE = "ml"
 # revision -> (mode, milliseconds of work per request, requests sent)
 REVISIONS = {
     "stable": ("ok", 10, 150),
@@ -125,7 +132,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stop.callback(process.stop)
         for process in tritons.values():
             process.wait_ready()
-        targets = [Target(f"{HOST}:{p.ports.metrics}", {"revision": r}) for r, p in tritons.items()]
+        labels = {"namespace": NAMESPACE}
+        targets = [Target(f"{HOST}:{p.ports.metrics}", {**labels, "revision": r}) for r, p in tritons.items()]
         prometheus = stop.enter_context(PrometheusProcess(root / "prometheus", targets))
         # Every target scraped once with its counters at 0, so increase() sees the whole load.
         prometheus.wait_for_series(f'nv_inference_request_success{{model="{MODEL}"}}', len(tritons))
@@ -220,3 +228,71 @@ async def test_too_little_traffic_waits(loaded: Stack) -> None:
 async def test_unknown_revision_has_no_traffic(loaded: Stack) -> None:
     result = await analysis_of(loaded, "never-deployed")
     assert result.outcome == Outcome.WAIT and result.canary is not None and result.canary.requests == 0
+
+
+def in_last_step(canary: str, now: datetime.datetime) -> dict[str, object]:
+    """A ModelService named like the model, whose canary ``canary`` holds its only step, paused long enough."""
+    started = now - datetime.timedelta(minutes=2)
+    return {
+        "apiVersion": "modelservice.dev/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": MODEL, "namespace": NAMESPACE, "uid": "u-1", "generation": 2},
+        "spec": {
+            "model": {"uri": "s3://models/classifier/model.onnx", "format": "onnx"},
+            "rollout": {
+                "strategy": "canary",
+                "steps": [{"weight": 50, "pause": "1m"}],
+                "analysis": {"interval": f"{WINDOW_SECONDS}s", "maxErrorRate": 0.01, "maxLatencyRatio": 1.5},
+            },
+        },
+        "status": {
+            "rollout": {
+                "phase": "Paused",
+                "step": 1,
+                "weight": 50,
+                "stableRevision": "stable",
+                "canaryRevision": canary,
+                "stepStartedAt": rollout.rfc3339(started),
+            },
+            "revisions": [
+                {"hash": canary, "role": "Canary", "outcome": "Serving", "servedFrom": rollout.rfc3339(started)},
+                {"hash": "stable", "role": "Stable", "outcome": "Serving"},
+            ],
+        },
+    }
+
+
+async def decided(stack: Stack, canary: str) -> rollout.Decision:
+    now = datetime.datetime.now(datetime.UTC)
+    ms = parse(in_last_step(canary, now), "test")
+    state = delivery.state_of(ms)
+    async with PrometheusClient(stack.prometheus.url, timeout=5.0) as client:
+        sample = await delivery.take_sample(client, ms, state, now)
+        assert client.queries_sent == 6
+    assert sample is not None
+    observed = rollout.Observed(desired=rollout.Revision(canary), ready=True)
+    assert ms.spec.rollout is not None
+    return rollout.step(ms.spec.rollout, state, observed, sample, now, history_limit=5)
+
+
+async def test_the_operator_promotes_a_healthy_canary_from_real_promql(loaded: Stack) -> None:
+    decision = await decided(loaded, "good")
+    assert decision.rollout is not None and decision.rollout.phase == "Promoted", decision.rollout
+    assert decision.stable == "good" and decision.weights == {"good": 100}
+    assert decision.rollout.analysis is not None and decision.rollout.analysis.verdict == "Passed"
+    assert decision.rollout.analysis.requests >= 150
+
+
+async def test_the_operator_aborts_a_failing_canary_from_real_promql(loaded: Stack) -> None:
+    decision = await decided(loaded, "broken")
+    assert decision.rollout is not None and decision.rollout.phase == "Aborted", decision.rollout
+    assert decision.stable == "stable" and decision.weights == {"stable": 100}
+    stalled = next(c for c in decision.conditions if c.type == "Stalled")
+    assert stalled.status == "True" and stalled.reason == "CanaryAborted"
+    assert "error rate 1" in stalled.message
+
+
+async def test_the_operator_aborts_a_slow_canary_from_real_promql(loaded: Stack) -> None:
+    decision = await decided(loaded, "slow")
+    assert decision.rollout is not None and decision.rollout.phase == "Aborted", decision.rollout
+    assert decision.rollout.analysis is not None and (decision.rollout.analysis.latency_ratio or 0) > 1.5

@@ -546,15 +546,15 @@ class ModelServiceSpec(ApiModel):
     exposure: Exposure = Field(default_factory=Exposure, description="Service, Ingress, HTTPRoute.")
     rollout: Rollout | None = Field(
         default=None,
-        description="How a new revision replaces the served one; absent: it switches at once. Preview: validated "
-        "and stored, but this operator version does not act on it yet (every change still switches at once).",
+        description="How a new revision (a changed conversion hash) replaces the served one: canary steps judged on "
+        "live metrics, or immediate; absent: it switches at once and no history is kept.",
     )
     revision_history_limit: int = Field(
         default=5,
         ge=0,
         le=50,
-        description="Revisions kept in status.revisions (with their artifacts, for rollback); those serving are "
-        "always kept. Preview: not acted on by this operator version yet.",
+        description="Revisions kept in status.revisions (with spec.rollout): re-applying the spec of one of them serves "
+        "it again without converting; those serving are always kept.",
     )
 
     @model_validator(mode="after")

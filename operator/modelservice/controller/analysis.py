@@ -35,6 +35,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from modelservice import metrics
+
 SUCCESS_METRIC = "nv_inference_request_success"
 FAILURE_METRIC = "nv_inference_request_failure"
 DURATION_METRIC = "nv_inference_request_duration_us"
@@ -265,8 +267,17 @@ class PrometheusClient:
 
     async def query(self, promql: str) -> list[dict[str, Any]]:
         """The result of an instant query: a vector's samples (or a scalar as one sample)."""
-        endpoint = self.url.rstrip("/") + "/api/v1/query?" + urlencode({"query": promql})
         self.queries_sent += 1
+        try:
+            result = await self._query(promql)
+        except PrometheusError:
+            metrics.PROMETHEUS_QUERIES.labels(result="error").inc()
+            raise
+        metrics.PROMETHEUS_QUERIES.labels(result="ok").inc()
+        return result
+
+    async def _query(self, promql: str) -> list[dict[str, Any]]:
+        endpoint = self.url.rstrip("/") + "/api/v1/query?" + urlencode({"query": promql})
         try:
             async with self._get_session().get(endpoint, headers={"Accept": "application/json"}) as response:
                 text = await response.text()

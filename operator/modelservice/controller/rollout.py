@@ -6,11 +6,8 @@ revision and whether it is converted and ready), the latest analysis sample and 
 ``Decision``: the traffic split and shadow traffic, the new ``status.rollout`` and ``status.revisions``, the
 outcomes it recorded, kstatus conditions, events, and when to look again. No I/O, no kopf, no wall clock.
 
-NOT YET WIRED: no handler, renderer or Prometheus query calls this module yet. The wiring left to do: render a
-Deployment/Service per revision from ``Decision.weights`` and ``Decision.mirror``, take an ``AnalysisSample`` when
-``analysis_due`` says so (from controller/analysis.py's verdict), write ``Decision.rollout``/``revisions`` into
-status, merge ``Decision.conditions`` over status.py's, emit ``Decision.events`` and requeue at
-``Decision.requeue_at``.
+The reconcile calls it through controller/delivery.py (which observes, takes the analysis sample, turns the
+decision into the Traffic the renderer draws and into status, and requeues at ``Decision.requeue_at``).
 
 Rules:
 - Revisions are conversion hashes. The stable one serves what the canary does not.
