@@ -154,3 +154,43 @@ def test_tune_without_a_latency_target_is_one_line_naming_the_file_and_field(tmp
         f"error: {spec}: spec.serving.latencyTarget: required to tune (p99Milliseconds or p95Milliseconds)"
     ]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_a_text_model_tunes_its_encoder_through_the_ensemble(tmp_path: Path) -> None:
+    import _hf
+
+    source = tmp_path / "project" / "src"
+    _hf.write_text_model(source, task="sentence-embedding", layout="sentence-transformers")
+    document = {
+        "apiVersion": "modelservice.dev/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": "emb"},
+        "spec": {
+            "model": {"uri": "src", "format": "huggingface", "task": "sentence-embedding"},
+            "conversion": {"target": "onnx", "precision": "fp32"},
+            "serving": {
+                "maxBatchSize": 8,
+                "latencyTarget": {"p99Milliseconds": 250},
+                "tuning": {"concurrency": [1, 4], "queueDelaysMicroseconds": [0]},
+            },
+        },
+    }
+    spec = tmp_path / "project" / "modelservice.yaml"
+    spec.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    result = _run(["-f", str(spec), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *BUDGET], tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    performance = Performance.model_validate(json.loads((out / "performance.json").read_text(encoding="utf-8")))
+    assert performance.trials and performance.trial_count is not None and performance.trial_count <= 3
+    # the ensemble's max_batch_size bounds its steps': the encoder's batch is not tuned below it
+    assert {t.config.max_batch_size for t in performance.trials} == {8}
+    assert {t.config.max_queue_delay_microseconds for t in performance.trials} <= {0, 100}
+    encoder = read_config(out / "emb-encoder" / "config.pbtxt")
+    assert encoder.dynamic_batching.max_queue_delay_microseconds == performance.config.max_queue_delay_microseconds
+    assert [g.count for g in encoder.instance_group] == [performance.config.instances]
+    assert (out / "emb-encoder" / "config.untuned.pbtxt").is_file()
+    assert not (out / "emb" / "config.untuned.pbtxt").exists()  # the ensemble itself is not rewritten
+    assert "emb is an ensemble" in result.stdout
+    assert _leftovers(tmp) == []

@@ -128,7 +128,8 @@ class Profiler:
                 await client.load_model(self.workload.model)
         except InferenceServerException as exc:
             self.loaded = None
-            raise ProfileError(f"Triton refused configuration {candidate.describe()}: {exc.message()}") from None
+            message = " ".join(str(exc.message()).split())
+            raise ProfileError(f"Triton refused configuration {candidate.describe()}: {message}") from None
         finally:
             await client.close()
         self.loaded = candidate

@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from modelservice.api.errors import UserError
@@ -157,6 +157,11 @@ class _Session:
         base = _untuned(repository / self.tuned)
         request = base if self.tuned == ms.name else read_config(repository / ms.name / CONFIG_FILE)
         self.space = space_for(ms)
+        if request is not base:  # Triton refuses an ensemble whose max_batch_size exceeds a step's
+            floor = request.max_batch_size
+            kept = tuple(size for size in self.space.batch_sizes if size >= floor)
+            self.space = replace(self.space, batch_sizes=kept or (self.space.default.max_batch_size,))
+            options.echo(f"{ms.name} is an ensemble (max_batch_size {floor}): {self.tuned} keeps batch >= {floor}")
         self.profiler = Profiler(
             url, self.tuned, base, workload(ms.name, request, builtin_sentences()), options.warmup, options.window
         )
