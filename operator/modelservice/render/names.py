@@ -1,7 +1,7 @@
 """Deterministic names, labels, annotations, owner references and the conversion hash.
 
 Every child name is a function of the ModelService name (at most ``MAX_NAME_LENGTH`` = 40 characters), so the
-longest, ``<name>-convert-<10 hex>`` (59), still fits a 63-character label value.
+longest, ``<name>-convert-<10 hex>`` (59), still fits a 63-character label value (``<name>-tune-<10 hex>``: 56).
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ HASH_SCHEMA = "v1"
 HASH_ANNOTATION = f"{GROUP}/conversion-hash"  # on the Deployment and its pod template: the hash Triton serves
 HASH_LABEL = f"{GROUP}/conversion-hash"  # on conversion Jobs/ConfigMaps: the hash they produce
 NAME_LABEL = f"{GROUP}/name"  # the owning ModelService's name, on every child
+# The tuning hash (render/tuneplan.py: tuning_hash): on the Deployment and its pod template, the tuned config.pbtxt
+# Triton serves (pods restart when it changes); on profiling Jobs/ConfigMaps, the hash they tune for.
+TUNING_HASH_ANNOTATION = f"{GROUP}/tuning-hash"
+TUNING_HASH_LABEL = f"{GROUP}/tuning-hash"
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
@@ -36,6 +40,7 @@ PART_OF = "modelservice"
 COMPONENT_SERVER = "server"
 COMPONENT_CONVERTER = "converter"
 COMPONENT_STORAGE = "storage"
+COMPONENT_TUNER = "tuner"
 
 # Triton's ports (container and Service use the same numbers).
 HTTP_PORT = 8000
@@ -126,6 +131,12 @@ def job_name(ms: ModelService, hash_: str | None = None) -> str:
 def configmap_name(ms: ModelService, hash_: str | None = None) -> str:
     """The immutable ConfigMap holding the ModelService file the conversion Job for ``hash_`` reads."""
     return job_name(ms, hash_)
+
+
+def tune_job_name(ms: ModelService, tuning_hash_: str) -> str:
+    """The profiling Job, and its immutable ConfigMap, of the tuning hash ``tuning_hash_`` (``tuneplan.tuning_hash``;
+    ``tuneplan.current_tune_job_name(ms, config)`` names the spec's current one)."""
+    return f"{ms.name}-tune-{tuning_hash_}"
 
 
 def pvc_name(ms: ModelService) -> str:
