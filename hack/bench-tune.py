@@ -129,7 +129,9 @@ class Bench:
             self.triton.stop()
 
     def measure(self, candidate: Candidate, concurrency: int, name: str, round_: int) -> Window:
-        asyncio.run(self.profiler.load(candidate))
+        if asyncio.run(self.profiler.load(candidate)):
+            # the replaced instance's stub exits a moment later; its CPU would then count as other processes'
+            time.sleep(3)
         others = other_cores_meter()
         m = asyncio.run(self.profiler.measure(concurrency))
         window = Window(name, round_, concurrency, m.throughput, m.p50, m.p95, m.p99, m.errors, others())

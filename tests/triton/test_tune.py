@@ -194,3 +194,43 @@ def test_a_text_model_tunes_its_encoder_through_the_ensemble(tmp_path: Path) -> 
     assert not (out / "emb" / "config.untuned.pbtxt").exists()  # the ensemble itself is not rewritten
     assert "emb is an ensemble" in result.stdout
     assert _leftovers(tmp) == []
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_in_the_pod_tune_uses_the_running_triton_and_starts_none(tmp_path: Path, cache_dir: Path) -> None:
+    """The profiling pod's path: a Triton already running in explicit mode (here: started by the test on the
+    runnable repository, as the serving sidecar would on the converted one), --repository and --triton-url."""
+    from _serving import convert_digits, descendants
+    from modelservice.serve.pybackend import make_runnable
+    from modelservice.serve.triton import find_tritonserver
+    from modelservice.tune.run import ExplicitTriton
+
+    converted = convert_digits(tmp_path / "project", MODELS[0], cache_dir)
+    spec = _tunable(tmp_path / "project", {"latencyTarget": {"p99Milliseconds": 300}, "tuning": {"concurrency": [2]}})
+    install = find_tritonserver()
+    repository = tmp_path / "repository"
+    make_runnable(converted, repository, install)
+    before = (repository / "digits-cnn" / "config.pbtxt").read_bytes()
+    summary = tmp_path / "termination-log"
+    triton = ExplicitTriton(
+        repository=repository, log_path=tmp_path / "triton.log", install=install, cache_dir=cache_dir
+    )
+    with triton:
+        assert triton.pid is not None
+        stubs_before = descendants(triton.pid)
+        args = ["-f", str(spec), "--repository", str(repository), "--triton-url", f"http://{triton.http_url}"]
+        result = _run([*args, "--summary-file", str(summary), *BUDGET], tmp_path / "tmp")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "tritonserver pid" not in result.stdout  # it started none
+        assert triton.alive()
+        assert descendants(triton.pid) - stubs_before  # the model it loaded runs in a stub under this Triton
+    data = json.loads((repository / "performance.json").read_text(encoding="utf-8"))
+    performance = Performance.model_validate(data)
+    assert performance.target == "p99 <= 300 ms" and performance.cold_start_seconds is not None
+    assert (repository / "digits-cnn" / "config.untuned.pbtxt").read_bytes() == before
+    tuned = read_config(repository / "digits-cnn" / "config.pbtxt")
+    assert tuned.backend == "python" and tuned.max_batch_size == performance.config.max_batch_size
+    compact = json.loads(summary.read_text(encoding="utf-8"))
+    assert compact == {key: value for key, value in data.items() if key != "trials"}
+    assert len(summary.read_bytes()) <= 4096
