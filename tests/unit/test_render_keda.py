@@ -5,6 +5,7 @@ Kubernetes' (kubernetes-validate); targets come from the spec, status.performanc
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from modelservice.api.models import ModelService
 from modelservice.api.permissions import PERMISSIONS
 from modelservice.controller.apply import CHILD_KINDS
 from modelservice.render import MANAGED_KINDS, Observed, OperatorConfig, build_hpa, children
+from modelservice.render.hpa import COMPOSING_MODELS
 from modelservice.render.keda import (
     DEFAULT_PROMETHEUS,
     HTTP_ADD_ON_SCALER,
@@ -213,3 +215,16 @@ def test_the_operator_watches_and_may_write_every_kind_it_renders() -> None:
         child = CHILD_KINDS[api_version, kind]
         verbs = granted[child.group, child.plural]
         assert {"list", "watch", "create", "patch"} <= verbs, kind
+
+
+def test_composing_models_are_the_ensemble_steps() -> None:
+    """The regex the shipped queries use to leave a text model's steps out matches exactly what the converter
+    names them (an ensemble step counts each request again, see tests/triton/test_shipped_promql.py)."""
+    from modelservice.convert.textserving import encoder_name, labels_name, tokenizer_name
+
+    text = body({"maxReplicas": 2})
+    text["spec"]["model"] = {"uri": "s3://m/minilm/", "format": "huggingface", "task": "text-classification"}
+    model = ms(text)
+    for step in (encoder_name(model), tokenizer_name(model), labels_name(model)):
+        assert re.fullmatch(COMPOSING_MODELS, step), step
+    assert not re.fullmatch(COMPOSING_MODELS, model.name)

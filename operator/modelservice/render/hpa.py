@@ -5,8 +5,16 @@ through the custom metrics API by prometheus-adapter, from Triton's own Promethe
 port 8002 of every pod (the pod template carries ``prometheus.io/scrape`` annotations):
 
 - ``modelservice_triton_queue_time_us``: average queue time per request, microseconds, per pod
-  = rate(nv_inference_queue_duration_us) / rate(nv_inference_request_success);
-- ``modelservice_triton_inference_rate``: inferences per second, per pod = rate(nv_inference_count).
+  = rate(nv_inference_queue_duration_us of every model) / rate(nv_inference_request_success of served models);
+- ``modelservice_triton_inference_rate``: inferences per second, per pod = rate(nv_inference_count of served
+  models).
+
+A text model is an ensemble (convert/textserving.py) whose steps ``<name>-tokenizer``, ``<name>-encoder`` and
+``<name>-labels`` are models of their own: Triton counts each request again for each step, so the served models'
+rates leave them out (``COMPOSING_MODELS``), and the ensemble's own queue time is ~0 while its requests wait in the
+steps' queues, so the queue time sums every model's. Measured against a real Triton serving an ensemble
+(tests/triton/test_shipped_promql.py): summing every model doubled the inference rate and halved the queue time.
+A ModelService whose own name ends in one of those suffixes is counted out too: do not name one ``*-encoder``.
 
 ``PROMETHEUS_ADAPTER_RULES`` is the prometheus-adapter ``rules`` list producing exactly these names; the
 Helm chart renders it into the adapter's configuration.
@@ -23,6 +31,9 @@ from modelservice.render.targets import TARGETS_ANNOTATION, Target, derived_targ
 METRIC_QUEUE_TIME = "modelservice_triton_queue_time_us"
 METRIC_INFERENCE_RATE = "modelservice_triton_inference_rate"
 RATE_WINDOW = "2m"
+# Triton models that are steps of a text model's ensemble (convert/textserving.py names them), as a PromQL regex.
+COMPOSING_MODELS = ".+-(tokenizer|encoder|labels)"
+SERVED = f'model!~"{COMPOSING_MODELS}"'
 
 # prometheus-adapter rules (config.rules): series are Triton's, per pod and namespace labels added by scraping.
 PROMETHEUS_ADAPTER_RULES: list[dict[str, Any]] = [
@@ -32,7 +43,7 @@ PROMETHEUS_ADAPTER_RULES: list[dict[str, Any]] = [
         "name": {"matches": "^nv_inference_queue_duration_us$", "as": METRIC_QUEUE_TIME},
         "metricsQuery": (
             f"sum(rate(nv_inference_queue_duration_us{{<<.LabelMatchers>>}}[{RATE_WINDOW}])) by (<<.GroupBy>>)"
-            f" / clamp_min(sum(rate(nv_inference_request_success{{<<.LabelMatchers>>}}[{RATE_WINDOW}]))"
+            f" / clamp_min(sum(rate(nv_inference_request_success{{<<.LabelMatchers>>,{SERVED}}}[{RATE_WINDOW}]))"
             " by (<<.GroupBy>>), 1e-9)"
         ),
     },
@@ -40,7 +51,9 @@ PROMETHEUS_ADAPTER_RULES: list[dict[str, Any]] = [
         "seriesQuery": 'nv_inference_count{namespace!="",pod!=""}',
         "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
         "name": {"matches": "^nv_inference_count$", "as": METRIC_INFERENCE_RATE},
-        "metricsQuery": f"sum(rate(nv_inference_count{{<<.LabelMatchers>>}}[{RATE_WINDOW}])) by (<<.GroupBy>>)",
+        "metricsQuery": (
+            f"sum(rate(nv_inference_count{{<<.LabelMatchers>>,{SERVED}}}[{RATE_WINDOW}])) by (<<.GroupBy>>)"
+        ),
     },
 ]
 

@@ -33,7 +33,7 @@ import math
 from typing import Any
 
 from modelservice.api.models import MetricTarget, ModelService
-from modelservice.render.hpa import RATE_WINDOW
+from modelservice.render.hpa import RATE_WINDOW, SERVED
 from modelservice.render.names import COMPONENT_SERVER, HTTP_PORT, deployment_name, metadata, service_name
 from modelservice.render.plan import OperatorConfig
 from modelservice.render.targets import (
@@ -56,29 +56,36 @@ SKIP_SCALEDOBJECT_ANNOTATION = "httpscaledobject.keda.sh/skip-scaledobject-creat
 MIN_CONDITION_WAIT_SECONDS = 60
 WAKE_THRESHOLD = "1000000000"  # a wake query only ever asks for one replica
 
-REQUEST_RATE_QUERY = "sum(rate(nv_inference_count{{{selector}}}[{window}]))"
+REQUEST_RATE_QUERY = "sum(rate(nv_inference_count{{{served}}}[{window}]))"
 QUEUE_TIME_QUERY = (
-    "sum(rate(nv_inference_queue_duration_us{{{selector}}}[{window}]))"
-    " / clamp_min(sum(rate(nv_inference_request_success{{{selector}}}[{window}])), 1e-9)"
+    "sum(rate(nv_inference_queue_duration_us{{{pods}}}[{window}]))"
+    " / clamp_min(sum(rate(nv_inference_request_success{{{served}}}[{window}])), 1e-9)"
 )
 
 
-def series_selector(ms: ModelService) -> str:
-    """The Deployment's Triton series: its namespace, its pods (``<deployment>-<replicaset hash>-<suffix>``) and,
-    except for a repository served as is (whose model names the operator does not choose), the served model
-    (named after the ModelService; a text model's tokenizer and encoder steps are left out)."""
-    parts = [f'namespace="{ms.namespace}"', f'pod=~"{deployment_name(ms)}-[a-z0-9]+-[a-z0-9]+"']
-    if ms.spec.model.format != "triton-repository":
-        parts.append(f'model="{ms.name}"')
-    return ",".join(parts)
+def pods_selector(ms: ModelService) -> str:
+    """The Deployment's Triton series: its namespace and its pods (``<deployment>-<replicaset hash>-<suffix>``)."""
+    return f'namespace="{ms.namespace}",pod=~"{deployment_name(ms)}-[a-z0-9]+-[a-z0-9]+"'
+
+
+def served_selector(ms: ModelService) -> str:
+    """Its served model's series: the model named after the ModelService (a text model's ensemble, without its
+    steps, which count every request again); for a repository served as is, whose model names the operator does
+    not choose, every model except ensemble steps named as the operator names them (render/hpa.py)."""
+    if ms.spec.model.format == "triton-repository":
+        return f"{pods_selector(ms)},{SERVED}"
+    return f'{pods_selector(ms)},model="{ms.name}"'
 
 
 def request_rate_query(ms: ModelService) -> str:
-    return REQUEST_RATE_QUERY.format(selector=series_selector(ms), window=RATE_WINDOW)
+    """Inferences per second of the served model over the Deployment's pods."""
+    return REQUEST_RATE_QUERY.format(served=served_selector(ms), window=RATE_WINDOW)
 
 
 def queue_time_query(ms: ModelService) -> str:
-    return QUEUE_TIME_QUERY.format(selector=series_selector(ms), window=RATE_WINDOW)
+    """Average queue time per request, us: every model's (an ensemble's requests wait in its steps' queues) over
+    the served model's requests."""
+    return QUEUE_TIME_QUERY.format(pods=pods_selector(ms), served=served_selector(ms), window=RATE_WINDOW)
 
 
 def _prometheus(name: str, server: str, query: str, threshold: str, metric_type: str) -> dict[str, Any]:
