@@ -78,6 +78,11 @@ CASES: dict[str, Case] = {
     "untuned/pending": Case(("H", None), None, None, False, True, ("H", None), "tuning"),
     "untuned/tuned": Case(("H", None), None, "succeeded", False, True, ("H", "T"), "tuned"),
     "untuned/failed-stays": Case(("H", None), None, "failed", False, True, ("H", None), "failed"),
+    # a stale annotation (the operator's merge patch never removes one): a tuning hash covers its conversion hash,
+    # so the old conversion's T0 on H never passes for tuned
+    "stale/pending": Case(("H", "T0"), None, None, False, True, ("H", "T0"), "tuning"),
+    "stale/tuned": Case(("H", "T0"), None, "succeeded", False, True, ("H", "T"), "tuned"),
+    "stale/failed": Case(("H", "T0"), None, "failed", False, True, ("H", "T0"), "failed"),
 }
 
 
@@ -105,13 +110,15 @@ def test_rules(case: Case) -> None:
     assert tuning.tune_state == (case.tune_job if case.tune_wanted else None)
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=list(CASES))
+DEPLOYED = {name: case for name, case in CASES.items() if case.deploy[0] is not None}
+
+
+@pytest.mark.parametrize("case", DEPLOYED.values(), ids=list(DEPLOYED))
 def test_settles(case: Case) -> None:
     """Applying a decision and reconciling again with the same Jobs decides the same: no flapping,
     and a failed tuning stays reported."""
     _, first = decide(MS, observed(case), case.tune_job)
-    if first.deploy_hash is None:
-        return
+    assert first.deploy_hash is not None
     rolled = Observed(
         deployment=deployment(MS, first.deploy_hash, first.deploy_tuning_hash),
         conversion_job=case.conversion_job,

@@ -42,10 +42,14 @@ Wiring (not done here; ``plan_tuning`` in tuneplan.py holds the rules)::
 
 The Deployment needs ``TUNING_HASH_ANNOTATION`` (``modelservice.dev/tuning-hash``) on itself (what
 ``served_tuning_hash`` reads) and on its pod template (a new tuned config restarts the pods: Triton reads
-config.pbtxt at start): ``with_tuning_annotation`` sets both. Known limits: the profiler rewrites config.pbtxt in
-the repository a running Deployment may serve (a re-tune on the same conversion hash), so a pod that restarts
-during a re-tune already reads the new config; turning tuning off keeps the tuned config.pbtxt of that
-conversion (the untuned one is config.untuned.pbtxt) until the next conversion.
+config.pbtxt at start): ``with_tuning_annotation`` sets both. Rendered without it (untuned, or tuning off), a
+Deployment keeps an annotation it had (the operator's merge patch never removes a field it does not render):
+harmless: a tuning hash covers its conversion hash, so a stale value matches only the tuning still on disk.
+
+Known limits: the profiler rewrites config.pbtxt in the repository a running Deployment may serve (a re-tune on
+the same conversion hash), so a pod that restarts during a re-tune already reads the new config; turning tuning
+off keeps the tuned config.pbtxt of that conversion (the untuned one is config.untuned.pbtxt) until the next
+conversion.
 """
 
 from __future__ import annotations
