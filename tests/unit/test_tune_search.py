@@ -26,7 +26,8 @@ from modelservice.tune.search import (
 )
 
 Key = tuple[int, int | None, int]
-Table = dict[Key, dict[int, tuple[float, float]]]
+Cell = tuple[float, float] | list[tuple[float, float]]
+Table = dict[Key, dict[int, Cell]]
 
 P99_50 = LatencyTarget(p99_milliseconds=50)
 
@@ -72,7 +73,10 @@ def replay(
     while (probe := search.next_probe(elapsed)) is not None:
         c = probe.candidate
         key = (c.max_batch_size, c.max_queue_delay_microseconds, c.instances)
-        throughput, p99 = table[key][probe.concurrency]
+        cell = table[key][probe.concurrency]
+        if isinstance(cell, list):  # successive windows of the same cell (the confirmation re-measures)
+            cell = cell[min(sum(1 for k in order if k == (key, probe.concurrency)), len(cell) - 1)]
+        throughput, p99 = cell
         measured = Measurement(throughput, p99 / 2, p99 * 0.9, p99, (errors or {}).get(key, 0))
         search.record(probe, measured, seconds)
         elapsed += seconds
@@ -88,7 +92,7 @@ def configs(order: list[tuple[Key, int]]) -> list[Key]:
     return seen
 
 
-def flat(throughput: float, p99: float = 10.0) -> dict[int, tuple[float, float]]:
+def flat(throughput: float, p99: float = 10.0) -> dict[int, Cell]:
     """A configuration that meets a 50 ms target at every level with the same figures."""
     return {1: (throughput, p99), 8: (throughput, p99), 32: (throughput, p99)}
 
@@ -170,7 +174,7 @@ def test_default_first_then_each_dimension_outward_from_the_best() -> None:
     assert configs(order) == [(16, 100, 1), (8, 100, 1), (4, 100, 1), (8, 0, 1), (8, 100, 2)]
     assert search.stopped == "every direction searched or stopped paying"
     # every configuration climbed the whole ladder (all met the target)
-    assert [c for key, c in order if key == (16, 100, 1)] == [1, 8, 32]
+    assert order[:3] == [((16, 100, 1), 1), ((16, 100, 1), 8), ((16, 100, 1), 32)]
 
 
 def test_values_below_come_first_nearest_first_then_those_above() -> None:
@@ -313,3 +317,60 @@ def test_record_refuses_a_probe_it_did_not_hand_out() -> None:
     assert probe is not None and probe.concurrency == 1
     with pytest.raises(ValueError):
         search.record(type(probe)(probe.candidate, 8, 1), Measurement(1, 1, 1, 1))
+
+
+# ---------------------------------------------------------------------------------------------- the confirmation
+
+
+def test_the_winner_and_the_default_are_re_measured_in_turn_at_their_kept_loads() -> None:
+    search, order = replay(RECORDED, small_space())
+    assert order[-4:] == [((8, 0, 1), 8), ((16, 100, 1), 8), ((16, 100, 1), 8), ((8, 0, 1), 8)]
+    outcome = search.outcome()
+    assert outcome.winner is not None and outcome.winner.candidate == Candidate(8, 0, 1)
+    assert outcome.winner.windows == 3 and outcome.default is not None and outcome.default.windows == 3
+    assert outcome.confirmation == "re-measured against the default (3 windows each): 1.15x, kept"
+    # pooled: one point per configuration and concurrency
+    assert len(outcome.points) == len({(p.candidate, p.concurrency) for p in outcome.points})
+
+
+def test_a_winner_that_does_not_hold_up_gives_way_to_the_default() -> None:
+    table: Table = {
+        (16, 100, 1): {1: (100.0, 10.0), 8: [(260.0, 40.0), (300.0, 40.0)], 32: (280.0, 90.0)},
+        (8, 100, 1): {1: (100.0, 10.0), 8: [(300.0, 40.0), (265.0, 40.0)], 32: (290.0, 90.0)},
+        (4, 100, 1): {1: (90.0, 10.0), 8: (200.0, 40.0), 32: (210.0, 90.0)},
+        (8, 0, 1): {1: (90.0, 10.0), 8: (200.0, 40.0), 32: (210.0, 90.0)},
+        (8, 100, 2): {1: (90.0, 10.0), 8: (200.0, 40.0), 32: (210.0, 90.0)},
+    }
+    search, _ = replay(table, small_space())
+    outcome = search.outcome()
+    # pooled: (8, 100, 1) (300 + 265 + 265) / 3 = 276.7 vs the default (260 + 300 + 300) / 3 = 286.7
+    assert outcome.winner is not None and outcome.winner.candidate == Candidate(16, 100, 1)
+    assert outcome.winner.measurement.throughput == pytest.approx(860 / 3)
+    assert outcome.confirmation.endswith("the default kept")
+    assert gain(outcome) == 1.0
+
+
+def test_within_the_minimum_gain_the_default_stays() -> None:
+    table: Table = {(16, 100, 1): flat(100.0), (8, 100, 1): flat(104.0), (4, 100, 1): flat(90.0)}
+    table |= {(8, 0, 1): flat(90.0), (8, 100, 2): flat(90.0)}
+    search, _ = replay(table, small_space())
+    outcome = search.outcome()
+    assert outcome.winner is not None and outcome.winner.candidate == Candidate(16, 100, 1)
+    assert "1.04x" in outcome.confirmation
+
+
+def test_nothing_is_re_measured_when_the_default_wins() -> None:
+    table: Table = {(16, 100, 1): flat(100.0), (8, 100, 1): flat(80.0), (4, 100, 1): flat(70.0)}
+    table |= {(16, 0, 1): flat(50.0), (16, 100, 2): flat(50.0)}
+    search, order = replay(table, small_space())
+    assert len(order) == len(configs(order)) * 3  # every configuration once per level, no repeats
+    assert search.outcome().confirmation == ""
+
+
+def test_no_re_measurement_past_max_seconds() -> None:
+    table: Table = {(16, 100, 1): flat(100.0), (8, 100, 1): flat(200.0)}
+    search, order = replay(table, small_space(), max_trials=2, max_seconds=75, seconds=10.0)
+    assert len(order) == 7  # 2 x 3 levels, then one re-measurement fits
+    outcome = search.outcome()
+    assert outcome.confirmation == "not re-measured: maxSeconds (75 s) reached"
+    assert outcome.winner is not None and outcome.winner.candidate == Candidate(8, 100, 1)

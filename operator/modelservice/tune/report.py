@@ -100,15 +100,16 @@ def curve(outcome: Outcome, target: LatencyTarget) -> str:
     at; ``*`` marks the kept measurement, ``default`` the spec's own configuration."""
     default = outcome.points[0].candidate if outcome.points else None
     rows = [
-        f"{'config':34} {'c':>4} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8}  {target.percentile} <= "
+        f"{'config':34} {'c':>4} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'windows':>7}  {target.percentile} <= "
         + f"{target.milliseconds:g} ms"
     ]
     for p in outcome.points:
         mark = "*" if outcome.winner is not None and p == outcome.winner else " "
         name = p.candidate.describe() + (" (default)" if p.candidate == default else "")
         m = p.measurement
-        verdict = "yes" if p.meets else ("errors" if m.errors else "no")
-        rows.append(f"{mark}{name:33} {p.concurrency:>4} {m.throughput:9.1f} {m.p50:8.2f} {m.p99:8.2f}  {verdict}")
+        meets = "yes" if p.meets else ("errors" if m.errors else "no")
+        figures = f"{m.throughput:9.1f} {m.p50:8.2f} {m.p99:8.2f} {p.windows:>7}"
+        rows.append(f"{mark}{name:33} {p.concurrency:>4} {figures}  {meets}")
     return "\n".join(rows)
 
 
@@ -121,8 +122,11 @@ def verdict(perf: Performance, outcome: Outcome) -> str:
     if not perf.target_met:
         return f"no configuration met {perf.target}; lowest latency: {config} ({at})"
     if outcome.default is not None and winner.candidate == outcome.default.candidate:
-        return f"the default is already best: {config} ({at}, {perf.target})"
+        return f"the default is already best: {config} ({at}, {perf.target})" + (
+            f"; {outcome.confirmation}" if outcome.confirmation else ""
+        )
     if not perf.default_throughput:
         return f"tuned: {config} ({at}); the default met {perf.target} at no load measured"
     ratio = perf.throughput_per_replica / perf.default_throughput
-    return f"tuned: {config} ({at}): {ratio:.2f}x the default's {perf.default_throughput:.1f}/s within {perf.target}"
+    line = f"tuned: {config} ({at}): {ratio:.2f}x the default's {perf.default_throughput:.1f}/s within {perf.target}"
+    return line + (f"; {outcome.confirmation}" if outcome.confirmation else "")

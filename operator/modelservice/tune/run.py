@@ -239,6 +239,8 @@ class _Session:
             point = search.record(probe, measured, time.monotonic() - t0)
             echo(f"trial {probe.trial}: c={probe.concurrency:<3} {point_text(point, self.target)}")
         echo(f"search ended: {search.stopped}")
+        if search.outcome().confirmation:
+            echo(search.outcome().confirmation)
         return search.outcome(), time.monotonic() - started
 
 

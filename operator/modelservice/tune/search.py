@@ -24,6 +24,11 @@ The choice: among all measurements (configuration x concurrency) whose percentil
 highest throughput; throughputs within ``tie`` (2 %) of the highest are ties, settled by the smaller
 maxBatchSize, then fewer instances, then the smaller queue delay. When none is within the target: the
 measurement with the lowest percentile latency, ``target_met`` false.
+
+The confirmation: one window is noisy on a shared machine, so when the choice is not the default, both are
+measured again in turn (winner, default, default, winner) at their kept loads, time permitting; the windows of a
+configuration and load are averaged, and the winner must still beat the default by ``min_gain`` or the default
+is kept. These re-measurements are not trials.
 """
 
 from __future__ import annotations
@@ -164,6 +169,7 @@ class Point:
     concurrency: int
     measurement: Measurement
     meets: bool
+    windows: int = 1  # measurements pooled into this one (the confirmation re-measures)
 
 
 @dataclass(frozen=True)
@@ -199,13 +205,38 @@ def choose(points: Sequence[Point], target: LatencyTarget, tie: float = TIE) -> 
     return min(clean, key=lambda p: (p.measurement.percentile(target.percentile), p.candidate.tie_key))
 
 
+def point_score(point: Point, target: LatencyTarget) -> Score:
+    if point.meets:
+        return Score(True, point.measurement.throughput)
+    return Score(False, -point.measurement.percentile(target.percentile))
+
+
 def score(points: Sequence[Point], target: LatencyTarget) -> Score | None:
     chosen = choose(points, target, tie=0.0)
-    if chosen is None:
-        return None
-    if chosen.meets:
-        return Score(True, chosen.measurement.throughput)
-    return Score(False, -chosen.measurement.percentile(target.percentile))
+    return point_score(chosen, target) if chosen is not None else None
+
+
+def pool(points: Sequence[Point], target: LatencyTarget) -> list[Point]:
+    """One point per (configuration, concurrency), in the order first measured: repeated windows averaged
+    (throughput and each percentile; errors added up)."""
+    groups: dict[tuple[Candidate, int], list[Point]] = {}
+    for point in points:
+        groups.setdefault((point.candidate, point.concurrency), []).append(point)
+    pooled = []
+    for (candidate, concurrency), group in groups.items():
+        if len(group) == 1:
+            pooled.append(group[0])
+            continue
+        n = len(group)
+        m = Measurement(
+            sum(p.measurement.throughput for p in group) / n,
+            sum(p.measurement.p50 for p in group) / n,
+            sum(p.measurement.p95 for p in group) / n,
+            sum(p.measurement.p99 for p in group) / n,
+            sum(p.measurement.errors for p in group),
+        )
+        pooled.append(Point(candidate, concurrency, m, meets_target(m, target), n))
+    return pooled
 
 
 # --------------------------------------------------------------------------------------------------- search
@@ -215,9 +246,10 @@ def score(points: Sequence[Point], target: LatencyTarget) -> Score | None:
 class Outcome:
     winner: Point | None
     default: Point | None  # the spec's configuration at its best under the target (or its lowest latency)
-    points: list[Point]
+    points: list[Point]  # pooled: one per configuration and concurrency
     trials: int
     stopped: str  # why the search ended
+    confirmation: str = ""  # what the re-measurement of the winner against the default found ("": none)
 
 
 @dataclass
@@ -231,14 +263,19 @@ class Search:
     max_seconds: float
     min_gain: float = MIN_GAIN
     patience: int = PATIENCE
+    confirm: bool = True
     points: list[Point] = field(default_factory=list)
     stopped: str = ""
+    phase: Literal["search", "confirm", "done"] = "search"
     log: list[str] = field(default_factory=list)  # what the search decided, for the progress output
     _current: Candidate | None = field(default=None, init=False)
     _levels: list[int] = field(default_factory=list, init=False)
     _tried: list[Candidate] = field(default_factory=list, init=False)
     _plan: Iterator[Candidate] | None = field(default=None, init=False)
     _measured_seconds: float = field(default=0.0, init=False)
+    _queue: list[tuple[Candidate, int]] = field(default_factory=list, init=False)
+    _confirmation: str = field(default="", init=False)
+    _pair: list[tuple[Candidate, int]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.concurrency = sorted(set(self.concurrency))
@@ -248,9 +285,17 @@ class Search:
     def next_probe(self, elapsed: float) -> Probe | None:
         """The next measurement, or None when the search is over (``stopped`` says why). ``elapsed``: seconds
         since the search started (including loading configurations)."""
-        if self.stopped:
-            return None
         per_probe = self._measured_seconds / len(self.points) if self.points else 0.0
+        if self.phase == "search":
+            probe = self._search_probe(elapsed, per_probe)
+            if probe is not None:
+                return probe
+            self._begin_confirmation()
+        if self.phase == "confirm":
+            return self._confirmation_probe(elapsed, per_probe)
+        return None
+
+    def _search_probe(self, elapsed: float, per_probe: float) -> Probe | None:
         if self._current is not None and self._levels:
             if elapsed + per_probe > self.max_seconds:
                 return self._stop(f"maxSeconds ({self.max_seconds:g} s) reached")
@@ -277,6 +322,8 @@ class Search:
         self.points.append(point)
         self._measured_seconds += seconds
         self._levels.pop(0)
+        if self.phase == "confirm":
+            self._queue.pop(0)
         if not point.meets:  # more load only adds latency: the rest of this ladder cannot meet the target
             self._levels.clear()
         return point
@@ -286,13 +333,37 @@ class Search:
         self._current, self._levels = None, []
         return None
 
+    # -- the confirmation: the winner and the default re-measured in turn (ABBA) at their kept loads
+
+    def _begin_confirmation(self) -> None:
+        self.phase = "confirm"
+        pooled = pool(self.points, self.target)
+        winner = choose(pooled, self.target)
+        default = choose([p for p in pooled if p.candidate == self.space.default], self.target)
+        if not self.confirm or winner is None or default is None or winner.candidate == default.candidate:
+            return
+        a, b = (winner.candidate, winner.concurrency), (default.candidate, default.concurrency)
+        self._queue, self._pair = [a, b, b, a], [a, b]
+
+    def _confirmation_probe(self, elapsed: float, per_probe: float) -> Probe | None:
+        if not self._queue:
+            self.phase = "done"
+            return None
+        if elapsed + per_probe > self.max_seconds:
+            self._confirmation = f"not re-measured: maxSeconds ({self.max_seconds:g} s) reached"
+            self._queue, self._current, self._levels, self.phase = [], None, [], "done"
+            return None
+        candidate, concurrency = self._queue[0]
+        self._current, self._levels = candidate, [concurrency]
+        return Probe(candidate, concurrency, self._tried.index(candidate) + 1)
+
     # -- the plan
 
     def points_of(self, candidate: Candidate) -> list[Point]:
         return [p for p in self.points if p.candidate == candidate]
 
     def best(self) -> Candidate:
-        chosen = choose(self.points, self.target)
+        chosen = choose(pool(self.points, self.target), self.target)
         return chosen.candidate if chosen is not None else self.space.default
 
     def _candidates(self) -> Iterator[Candidate]:
@@ -326,14 +397,23 @@ class Search:
                 return
 
     def outcome(self) -> Outcome:
-        default_points = self.points_of(self.space.default)
-        return Outcome(
-            winner=choose(self.points, self.target),
-            default=choose(default_points, self.target),
-            points=list(self.points),
-            trials=len(self._tried),
-            stopped=self.stopped,
-        )
+        """What the search found. After a complete confirmation the decision is between the two re-measured
+        configurations, on their pooled windows: the winner must still beat the default by ``min_gain``, else
+        the default is kept (noise does not change a configuration)."""
+        pooled = pool(self.points, self.target)
+        winner = choose(pooled, self.target)
+        default = choose([p for p in pooled if p.candidate == self.space.default], self.target)
+        note = self._confirmation
+        pair = [p for p in pooled if (p.candidate, p.concurrency) in self._pair and p.windows > 1]
+        if len(self._pair) == 2 and len(pair) == 2 and not self._queue:
+            tuned, default = sorted(pair, key=lambda p: p.candidate == self.space.default)
+            won = point_score(tuned, self.target).beats(point_score(default, self.target), self.min_gain)
+            base = default.measurement.throughput
+            ratio = f"{tuned.measurement.throughput / base:.2f}x" if base else "n/a"
+            kept = "kept" if won else f"not {self.min_gain:.0%} better: the default kept"
+            note = f"re-measured against the default ({tuned.windows} windows each): {ratio}, {kept}"
+            winner = tuned if won else default
+        return Outcome(winner, default, pooled, len(self._tried), self.stopped, note)
 
 
 def _rank(value: int | None) -> int:
