@@ -115,6 +115,10 @@ class Reconciler:
                 await self._retire(key, ms, wanted, rollout.decision)
         except apply.ChildConflict as exc:
             apply_error, apply_reason = str(exc), exc.reason
+            if isinstance(exc, apply.ChildRejected):
+                # What the spec no longer wants goes anyway: it may be why (KEDA's webhook refuses a ScaledObject
+                # while the HPA it replaces still scales the Deployment); its deletion's event reconciles again.
+                await self._prune(key, ms, wanted, uid)
 
         observed = await observe.observe(self.client, self.cache, ms)
         if rollout is not None:
