@@ -8,10 +8,14 @@ Measures
 - write requests during a periodic resync when nothing changed (every ModelService reconciled once more);
 - with --full, also plays the cluster (every Job succeeds, every Deployment becomes ready) and measures the time
   and writes until every ModelService is Ready;
-- the operator's peak RSS (VmHWM) and CPU time, and the emulator's CPU time (what dominates).
+- the operator's peak RSS (VmHWM) and CPU time, and the emulator's CPU time (what dominates);
+- with --rollout, every ModelService has ``spec.rollout`` (strategy canary: per-revision Deployments); with
+  --canaries N (needs --full) N of them then get a new revision, played to their first canary step, and the bench
+  counts, over --canary-window seconds, the operator's reconciles and the PromQL queries it sends to a stand-in
+  Prometheus query API (in this process: every revision healthy, 200 requests per window).
 
 The emulator (KMock + tests/operator/emulator.py) runs in this process, the operator in its own; both share the
-machine. Usage: hack/bench-operator.py [--count 1000] [--full] [--json FILE]
+machine. Usage: hack/bench-operator.py [--count 1000] [--full] [--rollout [--canaries N]] [--json FILE]
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "operator"))
 
 import aiohttp  # noqa: E402
+from aiohttp import web  # noqa: E402
 from kmock import Server  # noqa: E402
 from kmock import resource as kresource  # noqa: E402
 
@@ -52,16 +57,26 @@ SUMMARY = json.dumps(
 )
 
 
-def modelservice(index: int) -> dict[str, Any]:
+ROLLOUT = {
+    "strategy": "canary",
+    "steps": [{"weight": 10, "pause": "10m"}, {"weight": 50, "pause": "10m"}, {"weight": 80, "pause": "10m"}],
+    "analysis": {"interval": "10s", "minRequests": 100},
+}
+
+
+def modelservice(index: int, rollout: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"uri": f"s3://models/m{index}/model.onnx", "format": "onnx"},
+        "conversion": {"target": "onnx", "precision": "fp32"},
+        "serving": {"replicas": 1},
+    }
+    if rollout:
+        spec["rollout"] = ROLLOUT
     return {
         "apiVersion": "modelservice.dev/v1alpha1",
         "kind": "ModelService",
         "metadata": {"name": f"model-{index:04d}", "namespace": NS},
-        "spec": {
-            "model": {"uri": f"s3://models/m{index}/model.onnx", "format": "onnx"},
-            "conversion": {"target": "onnx", "precision": "fp32"},
-            "serving": {"replicas": 1},
-        },
+        "spec": spec,
     }
 
 
@@ -150,8 +165,11 @@ async def wait_all(emulator: ApiServerEmulator, names: list[str], phase: str, ti
 
 
 async def play_cluster(emulator: ApiServerEmulator, names: list[str]) -> None:
-    """Every conversion succeeds: a pod with the summary, the Job Complete."""
-    jobs = {j["metadata"]["labels"].get("modelservice.dev/name"): j for j in emulator.items(JOBS, NS)}
+    """Every conversion succeeds: a pod with the summary, the Job Complete (the newest Job of each)."""
+    jobs: dict[str, dict[str, Any]] = {}
+    for job in emulator.items(JOBS, NS):
+        if not (job.get("status") or {}).get("succeeded"):
+            jobs[job["metadata"]["labels"].get("modelservice.dev/name")] = job
     for name in names:
         job_name = jobs[name]["metadata"]["name"]
         pod = {
@@ -166,17 +184,29 @@ async def play_cluster(emulator: ApiServerEmulator, names: list[str]) -> None:
         await emulator.patch_object(JOBS, NS, job_name, {"status": done}, "status")
 
 
+def unready_deployments(emulator: ApiServerEmulator) -> dict[str, dict[str, Any]]:
+    """The Deployments whose status does not yet report their latest generation ready, by ModelService name
+    (``<name>``, or with a rollout a ``<name>-<hash>``)."""
+    found: dict[str, dict[str, Any]] = {}
+    for dep in emulator.items(DEPLOYMENTS, NS):
+        status = dep.get("status") or {}
+        if status.get("readyReplicas") and status.get("observedGeneration") == dep["metadata"]["generation"]:
+            continue
+        found[dep["metadata"]["labels"].get("modelservice.dev/name", dep["metadata"]["name"])] = dep
+    return found
+
+
 async def make_ready(emulator: ApiServerEmulator, names: list[str], timeout: float) -> None:
     pending = set(names)
     started = time.monotonic()
     while pending:
-        for name in sorted(pending):
-            dep = emulator.get(DEPLOYMENTS, NS, name)
-            if dep is None:
-                continue
-            ready = {"observedGeneration": dep["metadata"]["generation"], "replicas": 1, "updatedReplicas": 1}
-            ready |= {"readyReplicas": 1, "availableReplicas": 1}
-            await emulator.patch_object(DEPLOYMENTS, NS, name, {"status": ready}, "status")
+        unready = unready_deployments(emulator)
+        for name in sorted(pending & set(unready)):
+            dep = unready[name]
+            replicas = dep["spec"].get("replicas", 1)
+            ready = {"observedGeneration": dep["metadata"]["generation"], "replicas": replicas}
+            ready |= {"updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}
+            await emulator.patch_object(DEPLOYMENTS, NS, dep["metadata"]["name"], {"status": ready}, "status")
             pending.discard(name)
         if time.monotonic() - started > timeout:
             raise SystemExit(f"timeout: {len(pending)} Deployments never appeared")
@@ -191,6 +221,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         kubeconfig = write_kubeconfig(workdir / "kubeconfig", str(emulator.url).rstrip("/"))
         metrics_port, health_port = free_port(), free_port()
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MODELSERVICE_RESYNC_SECONDS": str(args.resync)}
+        prometheus = await StandInPrometheus.start() if args.canaries else None
+        if prometheus is not None:
+            env["MODELSERVICE_PROMETHEUS_URL"] = prometheus.url
         log = (workdir / "operator.log").open("wb")
         profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
         process = await asyncio.create_subprocess_exec(
@@ -207,7 +240,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             counter = Counter(emulator)
             started = time.monotonic()
             for index in range(args.count):
-                await emulator.put_object(MS_RESOURCE, modelservice(index))
+                await emulator.put_object(MS_RESOURCE, modelservice(index, args.rollout))
             results["create_seconds"] = round(time.monotonic() - started, 2)
             say(f"created in {results['create_seconds']}s; waiting for children and status")
             await wait_all(emulator, names, "Converting", args.timeout)
@@ -247,6 +280,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 writes, requests = counter.since()
                 results["ready_writes_per_ms"] = round(writes / args.count, 2)
                 results["ready_requests_per_ms"] = round(requests / args.count, 2)
+            if args.canaries and prometheus is not None:
+                results |= await canary_phase(emulator, names[: args.canaries], metrics_port, prometheus, args)
 
             cpu2, hwm = proc_stat(process.pid)
             results["operator_peak_rss_mb"] = round(hwm / 2**20, 1)
@@ -257,12 +292,100 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             duration_count = await metric(metrics_port, "modelservice_reconcile_duration_seconds_count")
             results["mean_reconcile_ms"] = round(1000 * duration_sum / max(duration_count, 1), 2)
         finally:
+            if prometheus is not None:
+                await prometheus.stop()
             if process.returncode is None:
                 process.send_signal(signal.SIGINT if args.profile else signal.SIGTERM)
             await process.wait()
             log.close()
         results["operator_log"] = str(workdir / "operator.log")
     return results
+
+
+class StandInPrometheus:
+    """Prometheus's instant-query API answering every query with one sample: each revision served 200 requests
+    in the window, none failed, 5 ms each (so every analysis passes). Counts the queries."""
+
+    def __init__(self, runner: web.AppRunner, url: str) -> None:
+        self.runner, self.url, self.queries = runner, url, 0
+
+    @classmethod
+    async def start(cls) -> StandInPrometheus:
+        app = web.Application()
+        runner = web.AppRunner(app, access_log=None)
+        holder: list[StandInPrometheus] = []
+
+        async def query(request: web.Request) -> web.Response:
+            holder[0].queries += 1
+            promql = request.query.get("query", "")
+            value = 0.0 if "failure" in promql else 200.0 if "success" in promql else 200.0 * 5000
+            data = {"resultType": "vector", "result": [{"metric": {}, "value": [0, str(value)]}]}
+            return web.json_response({"status": "success", "data": data})
+
+        app.router.add_get("/api/v1/query", query)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        holder.append(cls(runner, f"http://127.0.0.1:{port}"))
+        return holder[0]
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def canary_phase(
+    emulator: ApiServerEmulator, names: list[str], metrics_port: int, prometheus: StandInPrometheus, args: Any
+) -> dict[str, Any]:
+    """New revisions for ``names``, played to their first canary step; then reconciles and PromQL queries over a
+    window while they hold it (analysis every 10 s, pause 10 min: no step advances in the window)."""
+    say(f"canary: a new revision for {len(names)} ModelServices")
+    for name in names:
+        obj = dict(emulator.objects[MS_RESOURCE, NS, name].raw)
+        spec = {**obj["spec"], "conversion": {"target": "onnx", "precision": "fp16"}}
+        await emulator.patch_object(MS_RESOURCE, NS, name, {"spec": spec})
+    await asyncio.sleep(2.0)
+    deadline = time.monotonic() + args.timeout
+    while sum(1 for j in emulator.items(JOBS, NS) if not (j.get("status") or {}).get("succeeded")) < len(names):
+        if time.monotonic() > deadline:
+            raise SystemExit("the canaries' Jobs did not appear")
+        await asyncio.sleep(0.5)
+    await play_cluster(emulator, names)
+    await make_ready(emulator, names, args.timeout)
+
+    def paused() -> int:
+        count = 0
+        for name in names:
+            status = dict(emulator.objects[MS_RESOURCE, NS, name].raw).get("status") or {}
+            count += (status.get("rollout") or {}).get("phase") == "Paused"
+        return count
+
+    while paused() < len(names):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {paused()}/{len(names)} canaries reached their first step")
+        await asyncio.sleep(1.0)
+    say(f"{len(names)} canaries hold step 1; measuring for {args.canary_window:.0f}s")
+    reconciles0 = await metric(metrics_port, "modelservice_reconciles_total")
+    queries0 = prometheus.queries
+    counter = Counter(emulator)
+    await asyncio.sleep(args.canary_window)
+    reconciles = await metric(metrics_port, "modelservice_reconciles_total") - reconciles0
+    queries = prometheus.queries - queries0
+    writes, _ = counter.since()
+    minutes = args.canary_window / 60
+    return {
+        "canaries": len(names),
+        "canary_window_seconds": args.canary_window,
+        "canary_analysis_interval_seconds": 10,
+        "canary_window_reconciles": reconciles,
+        # the periodic resync reconciles every ModelService once per --resync seconds: not the canaries' doing
+        "canary_window_resync_reconciles": round(args.count * args.canary_window / args.resync),
+        "canary_reconciles_per_minute_per_canary": round(
+            (reconciles - args.count * args.canary_window / args.resync) / minutes / len(names), 2
+        ),
+        "canary_prometheus_queries_per_minute": round(queries / minutes, 1),
+        "canary_prometheus_queries_per_minute_per_canary": round(queries / minutes / len(names), 2),
+        "canary_writes_per_minute_per_canary": round(writes / minutes / len(names), 2),
+    }
 
 
 async def wait_healthy(port: int, timeout: float = 60) -> None:
@@ -286,6 +409,9 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="also play the cluster until every one is Ready")
     parser.add_argument("--profile", default=None, help="run the operator under cProfile, writing this file")
     parser.add_argument("--json", default=None, help="write the results here too")
+    parser.add_argument("--rollout", action="store_true", help="every ModelService has spec.rollout (canary)")
+    parser.add_argument("--canaries", type=int, default=0, help="with --full --rollout: canaries to hold (step 1)")
+    parser.add_argument("--canary-window", type=float, default=60.0, help="seconds the canaries are measured")
     args = parser.parse_args()
     results = asyncio.run(bench(args))
     text = json.dumps(results, indent=2)
