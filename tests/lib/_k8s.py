@@ -32,6 +32,8 @@ import kubernetes_validate
 import kubernetes_validate.utils
 import referencing
 
+from _crdschema import KEDA_SCHEMAS, keda_errors
+
 # Kubernetes versions checked (kubernetes-validate 1.37 ships schemas for 1.25 .. 1.37).
 K8S_VERSIONS: tuple[str, ...] = ("1.30.0", "1.32.0", "1.34.0", "1.36.0")
 
@@ -115,6 +117,11 @@ def validate_strict(obj: dict[str, Any], versions: Iterable[str] = K8S_VERSIONS)
             raise AssertionError(f"HTTPRoute: only gateway.networking.k8s.io/v1 is checked, got {obj['apiVersion']}")
         _validate_httproute(obj)
         return ["gateway-api-v1"]
+    if (str(obj.get("apiVersion")), str(obj.get("kind"))) in KEDA_SCHEMAS:  # KEDA's CRDs (tests/data/keda/)
+        errors = keda_errors(obj)
+        if errors:
+            raise AssertionError(f"{obj['kind']}/{obj.get('metadata', {}).get('name')} (KEDA CRD): {errors[0]}")
+        return ["keda-v1alpha1"]
     checked: list[str] = []
     for version in versions:
         if version not in kubernetes_validate.utils.all_versions():
