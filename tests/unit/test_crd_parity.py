@@ -326,6 +326,17 @@ INVALID: dict[str, Case] = {
         "spec.autoscaling.minReplicas: Input should be greater than or equal to 0",
         "-1 is less than the minimum of 0",
     ),
+    "empty interceptor host": Case(
+        "schema",
+        doc(
+            {
+                "model": PYTORCH,
+                "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "keda": {"httpAddOn": True, "hosts": [""]}},
+            }
+        ),
+        "spec.autoscaling.keda.hosts[0]: String should have at least 1 character",
+        "should be non-empty",
+    ),
     "cooldown below zero": Case(
         "schema",
         doc(

@@ -16,7 +16,7 @@ instead of the HPA. A model at zero replicas exports no metrics, so something ou
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -98,11 +98,10 @@ class Keda(ApiModel):
         "while Triton starts from zero instead of failing, and wake it. Clients call the interceptor with the "
         "Host of one of hosts. gRPC is not routed.",
     )
-    hosts: list[str] = Field(
+    hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
         default_factory=list,
         max_length=16,
         description="Host headers the interceptor routes to this model (default: the Service's cluster names).",
-        json_schema_extra={"items": {"type": "string", "minLength": 1, "maxLength": 253}},
     )
     wake_query: str | None = Field(
         default=None,
