@@ -304,13 +304,22 @@ def test_adapter_queue_time(loaded: Loaded) -> None:
 # ------------------------------------------------------------------------------------------------ (b) KEDA
 
 
-def scaled_object() -> dict[str, Any]:
-    document = {
+SOURCES = {
+    "text-model": {"model": {"uri": "s3://models/minilm/", "format": "huggingface", "task": "sentence-embedding"}},
+    "repository-as-is": {
+        "model": {"uri": "pvc://models/scorer", "format": "triton-repository"},
+        "conversion": {"target": "none"},
+    },
+}
+
+
+def scaled_object(source: str = "text-model") -> dict[str, Any]:
+    document: dict[str, Any] = {
         "apiVersion": "modelservice.dev/v1alpha1",
         "kind": "ModelService",
         "metadata": {"name": MODEL, "namespace": NAMESPACE},
         "spec": {
-            "model": {"uri": "s3://models/minilm/", "format": "huggingface", "task": "sentence-embedding"},
+            **SOURCES[source],
             "serving": {"latencyTarget": {"p99Milliseconds": 50}},
             "autoscaling": {
                 "minReplicas": 0,
@@ -325,8 +334,10 @@ def scaled_object() -> dict[str, Any]:
     return scaled
 
 
-def test_keda_triggers(loaded: Loaded) -> None:
-    triggers = {t["name"]: t for t in scaled_object()["spec"]["triggers"] if t["type"] == "prometheus"}
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_keda_triggers(loaded: Loaded, source: str) -> None:
+    """A repository served as is selects its models by name pattern rather than by the ModelService's name."""
+    triggers = {t["name"]: t for t in scaled_object(source)["spec"]["triggers"] if t["type"] == "prometheus"}
     assert set(triggers) == {"requests", "queue-time"}
     (requests,) = query(loaded.prometheus, triggers["requests"]["metadata"]["query"])
     assert requests["metric"] == {}  # one number for the whole Deployment; KEDA divides by replicas
