@@ -208,16 +208,33 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
     print(f"3. head to head at c={HEAD_TO_HEAD_CONCURRENCY}: default vs tuned ...", file=sys.stderr, flush=True)
     if winner == default:
         print("   the tuner kept the default: measuring it alone", file=sys.stderr)
+    versus = [versus_candidate(text) for text in args.versus.split(";") if text.strip()]
     with Bench(yaml_path, workdir / "batch1", args.window, args.warmup) as bench:
         for round_ in range(args.rounds):
-            order = [("default", default), ("tuned", winner)]
+            order = [("default", default), ("tuned", winner)] + [(c.describe(), c) for c in versus]
             for name, candidate in order if round_ % 2 == 0 else order[::-1]:
                 if name == "tuned" and winner == default:
                     continue
                 report.windows.append(bench.measure(candidate, HEAD_TO_HEAD_CONCURRENCY, name, round_))
     report.result = summarize(report.windows, winner == default, target_ms)
+    report.result["versus"] = {
+        c.describe(): ratio_to_default(report.windows, c.describe()) for c in versus if c not in (default, winner)
+    }
     report.goals = goals(report)
     return report
+
+
+def versus_candidate(text: str) -> Candidate:
+    """BATCH,DELAY,INSTANCES (DELAY "off": no dynamic batching)."""
+    batch, delay, instances = (part.strip() for part in text.split(","))
+    return Candidate(int(batch), None if delay == "off" else int(delay), int(instances))
+
+
+def ratio_to_default(windows: list[Window], name: str) -> dict[str, Any]:
+    mine = [w.throughput for w in windows if w.config == name]
+    base = [w.throughput for w in windows if w.config == "default"]
+    median, base_median = statistics.median(mine), statistics.median(base)
+    return {"throughput": round(median, 2), "ratio": round(median / base_median, 3)}
 
 
 def summarize(windows: list[Window], default_is_best: bool, target_ms: float) -> dict[str, Any]:
@@ -289,7 +306,8 @@ def markdown(report: Report) -> str:
     lines += [
         "",
         f"Medians: default {r['default']['throughput']}/s (p99 {r['default']['p99_ms']} ms), tuned "
-        f"{r['tuned']['throughput']}/s (p99 {r['tuned']['p99_ms']} ms); ratio {r['ratio']}.",
+        f"{r['tuned']['throughput']}/s (p99 {r['tuned']['p99_ms']} ms); ratio {r['ratio']}."
+        + "".join(f" {name}: {v['throughput']}/s, {v['ratio']}x." for name, v in r.get("versus", {}).items()),
         "",
         "| goal | measured | met |",
         "| --- | --- | --- |",
@@ -307,6 +325,11 @@ def main() -> int:
     parser.add_argument("--tune-concurrency", default="32", help="the tuner's load levels (comma separated)")
     parser.add_argument("--tune-window", type=float, default=3.0, help="the tuner's seconds per measurement")
     parser.add_argument("--max-trials", type=int, default=None, help="the tuner's bound (default: the spec's, 24)")
+    parser.add_argument(
+        "--versus",
+        default="",
+        help="more configurations in the head to head, BATCH,DELAY,INSTANCES;... (e.g. 32,100,2;32,1000,1)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="keep models, logs and repositories here")

@@ -328,7 +328,9 @@ def test_the_winner_and_the_default_are_re_measured_in_turn_at_their_kept_loads(
     outcome = search.outcome()
     assert outcome.winner is not None and outcome.winner.candidate == Candidate(8, 0, 1)
     assert outcome.winner.windows == 3 and outcome.default is not None and outcome.default.windows == 3
-    assert outcome.confirmation == "re-measured against the default (3 windows each): 1.15x, kept"
+    assert outcome.confirmation == (
+        "re-measured against the default (3 windows each, medians): 1.15x its throughput, kept"
+    )
     # pooled: one point per configuration and concurrency
     assert len(outcome.points) == len({(p.candidate, p.concurrency) for p in outcome.points})
 
@@ -343,9 +345,9 @@ def test_a_winner_that_does_not_hold_up_gives_way_to_the_default() -> None:
     }
     search, _ = replay(table, small_space())
     outcome = search.outcome()
-    # pooled: (8, 100, 1) (300 + 265 + 265) / 3 = 276.7 vs the default (260 + 300 + 300) / 3 = 286.7
+    # pooled: (8, 100, 1) median of 300, 265, 265 = 265 vs the default's of 260, 300, 300 = 300
     assert outcome.winner is not None and outcome.winner.candidate == Candidate(16, 100, 1)
-    assert outcome.winner.measurement.throughput == pytest.approx(860 / 3)
+    assert outcome.winner.measurement.throughput == 300.0
     assert outcome.confirmation.endswith("the default kept")
     assert gain(outcome) == 1.0
 
@@ -374,3 +376,20 @@ def test_no_re_measurement_past_max_seconds() -> None:
     outcome = search.outcome()
     assert outcome.confirmation == "not re-measured: maxSeconds (75 s) reached"
     assert outcome.winner is not None and outcome.winner.candidate == Candidate(8, 100, 1)
+
+
+def test_without_the_target_the_re_measurement_compares_latency_and_one_spike_does_not_decide() -> None:
+    table: Table = {
+        (16, 100, 1): {1: [(50.0, 90.0), (50.0, 95.0), (50.0, 92.0)]},
+        (8, 100, 1): {1: [(45.0, 70.0), (45.0, 400.0), (45.0, 72.0)]},  # one window's spike
+        (4, 100, 1): {1: (40.0, 80.0)},
+        (8, 0, 1): {1: (44.0, 75.0)},
+        (8, 100, 2): {1: (30.0, 71.0)},
+    }
+    search, _ = replay(table, small_space())
+    outcome = search.outcome()
+    assert outcome.winner is not None and outcome.winner.candidate == Candidate(8, 100, 1)
+    assert outcome.winner.measurement.p99 == 72.0
+    assert (
+        outcome.confirmation == "re-measured against the default (3 windows each, medians): p99 72.0 vs 92.0 ms, kept"
+    )

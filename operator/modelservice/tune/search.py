@@ -27,13 +27,15 @@ measurement with the lowest percentile latency, ``target_met`` false.
 
 The confirmation: one window is noisy on a shared machine, so when the choice is not the default, both are
 measured again in turn (winner, default, default, winner) at their kept loads, time permitting; the windows of a
-configuration and load are averaged, and the winner must still beat the default by ``min_gain`` or the default
-is kept. These re-measurements are not trials.
+configuration and load are pooled (medians), and the winner must still beat the default by ``min_gain`` or the default
+is kept (medians of the windows; within the target by throughput, else by latency). These re-measurements
+are not trials.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -217,8 +219,8 @@ def score(points: Sequence[Point], target: LatencyTarget) -> Score | None:
 
 
 def pool(points: Sequence[Point], target: LatencyTarget) -> list[Point]:
-    """One point per (configuration, concurrency), in the order first measured: repeated windows averaged
-    (throughput and each percentile; errors added up)."""
+    """One point per (configuration, concurrency), in the order first measured: of repeated windows the median
+    of each figure (one window's latency spike does not decide), errors added up."""
     groups: dict[tuple[Candidate, int], list[Point]] = {}
     for point in points:
         groups.setdefault((point.candidate, point.concurrency), []).append(point)
@@ -227,15 +229,14 @@ def pool(points: Sequence[Point], target: LatencyTarget) -> list[Point]:
         if len(group) == 1:
             pooled.append(group[0])
             continue
-        n = len(group)
         m = Measurement(
-            sum(p.measurement.throughput for p in group) / n,
-            sum(p.measurement.p50 for p in group) / n,
-            sum(p.measurement.p95 for p in group) / n,
-            sum(p.measurement.p99 for p in group) / n,
+            statistics.median(p.measurement.throughput for p in group),
+            statistics.median(p.measurement.p50 for p in group),
+            statistics.median(p.measurement.p95 for p in group),
+            statistics.median(p.measurement.p99 for p in group),
             sum(p.measurement.errors for p in group),
         )
-        pooled.append(Point(candidate, concurrency, m, meets_target(m, target), n))
+        pooled.append(Point(candidate, concurrency, m, meets_target(m, target), len(group)))
     return pooled
 
 
@@ -408,10 +409,16 @@ class Search:
         if len(self._pair) == 2 and len(pair) == 2 and not self._queue:
             tuned, default = sorted(pair, key=lambda p: p.candidate == self.space.default)
             won = point_score(tuned, self.target).beats(point_score(default, self.target), self.min_gain)
-            base = default.measurement.throughput
-            ratio = f"{tuned.measurement.throughput / base:.2f}x" if base else "n/a"
+            if tuned.meets or default.meets:
+                base = default.measurement.throughput
+                versus = f"{tuned.measurement.throughput / base:.2f}x its throughput" if base else "the default misses"
+            else:
+                name = self.target.percentile
+                versus = (
+                    f"{name} {tuned.measurement.percentile(name):.1f} vs {default.measurement.percentile(name):.1f} ms"
+                )
             kept = "kept" if won else f"not {self.min_gain:.0%} better: the default kept"
-            note = f"re-measured against the default ({tuned.windows} windows each): {ratio}, {kept}"
+            note = f"re-measured against the default ({tuned.windows} windows each, medians): {versus}, {kept}"
             winner = tuned if won else default
         return Outcome(winner, default, pooled, len(self._tried), self.stopped, note)
 
