@@ -292,3 +292,26 @@ async def test_canary_with_autoscaling_gets_its_own_hpa(emulator: ApiServerEmula
     assert canary_hpa["spec"]["scaleTargetRef"]["name"] == f"digits-{second}"
     assert canary_hpa["spec"]["minReplicas"] == 1  # ceil(4 * 10 %)
     assert canary_hpa["spec"]["maxReplicas"] == 8
+
+
+async def test_a_second_canary_after_a_promotion_starts_afresh(
+    emulator: ApiServerEmulator, start_operator: Any
+) -> None:
+    """status.rollout is replaced whole (fields of the last canary do not linger under a merge patch)."""
+    clock = FakeClock()
+    await start_operator(clock=clock)
+    first = await first_revision(emulator)
+    second = await start_canary(emulator, first)
+    for seconds in (31, 120, 301):
+        clock.advance(seconds)
+        await poke(emulator)
+        await wait_for(lambda: (rollout_of(emulator).get("analysis") or {}).get("at") == _rfc(clock), what="analysis")
+    await wait_for(lambda: rollout_of(emulator).get("phase") == "Promoted", what="promotion")
+    promoted = rollout_of(emulator)
+    assert promoted["stableRevision"] == second and "canaryRevision" not in promoted
+    assert promoted["analysis"]["verdict"] == "Passed"  # the promotion's last analysis stays visible
+    third = await start_canary(emulator, second, precision="int8")
+    rollout = rollout_of(emulator)
+    assert (rollout["canaryRevision"], rollout["stableRevision"], rollout["step"]) == (third, second, 1)
+    assert "analysis" not in rollout  # none taken in this canary yet
+    assert [r["hash"] for r in ms_status(emulator)["revisions"]] == [third, second, first]

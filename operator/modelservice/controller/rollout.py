@@ -330,6 +330,8 @@ def step(
         return _first(run)
     history.adopt(observed.desired if desired == stable else Revision(stable))
     if desired == stable:
+        if running is None and aborted is None and status is not None and status.phase == "Promoted":
+            return run.decision(stable, status)  # settled: keep the promotion's step and last analysis as they are
         if running is not None:
             history.end(running, "RolledBack")
             history.event("Normal", "RolledBack", f"revision {stable} serves again; canary {running} rolled back")

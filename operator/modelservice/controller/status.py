@@ -292,7 +292,16 @@ def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | N
     """A JSON merge patch turning ``old`` status into ``new`` (None when they are equal)."""
     if old == new:
         return None
-    patch: dict[str, Any] = dict(new)
+    return _with_removals(old, new)
+
+
+def _with_removals(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new``, plus null for every key of ``old`` it lacks, at every depth of objects (a merge patch keeps keys
+    it does not null: ``status.rollout.canaryRevision`` must go when a canary ends). Lists are replaced whole."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        patch[key] = _with_removals(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
     for key in old:
         if key not in new:
             patch[key] = None
