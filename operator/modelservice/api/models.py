@@ -553,7 +553,7 @@ class ModelServiceSpec(ApiModel):
         default=5,
         ge=0,
         le=50,
-        description="Revisions kept in status.revisions (with spec.rollout): re-applying the spec of one of them serves "
+        description="Revisions kept in status.revisions (with spec.rollout): re-applying the spec of one serves "
         "it again without converting; those serving are always kept.",
     )
 
