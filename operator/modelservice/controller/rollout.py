@@ -418,7 +418,8 @@ def _failure_message(rollout: Rollout, analysis: RolloutAnalysis | None) -> str:
         numbers.append(f"error rate {analysis.error_rate:.4g} (max {rollout.analysis.max_error_rate:.4g})")
     if analysis.latency_ratio is not None:
         numbers.append(f"latency ratio {analysis.latency_ratio:.3g} (max {rollout.analysis.max_latency_ratio:.3g})")
-    detail = f": {analysis.message}" if analysis.message else ""
+    reason = analysis.message.removeprefix("canary failed analysis: ")
+    detail = f": {reason}" if reason else ""
     return f"canary failed analysis at {analysis.at} ({', '.join(numbers)}){detail}"
 
 
