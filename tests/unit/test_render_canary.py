@@ -9,10 +9,12 @@ import pytest
 from _render_samples import SAMPLES, modified, sample
 
 from _k8s import K8S_VERSIONS, check_restricted, pod_templates, validate_strict
-from modelservice.render import build_deployment, build_httproute, build_service, selector_labels
+from modelservice.render import Observed, build_deployment, build_httproute, build_service, children, selector_labels
 from modelservice.render.canary import (
     REVISION_LABEL,
+    Traffic,
     TrafficSplit,
+    revision_hpas,
     revision_name,
     revision_selector,
     split_replicas,
@@ -274,3 +276,57 @@ def test_strictly_valid(label: str, obj: dict[str, Any]) -> None:
 def test_every_kind_is_covered() -> None:
     assert {obj["kind"] for _, obj in ALL} == {"Deployment", "Service", "HTTPRoute"}
     assert any("filters" in obj["spec"]["rules"][0] for _, obj in ALL if obj["kind"] == "HTTPRoute")
+
+
+# ------------------------------------------------------------------- strategy canary: a Deployment per revision
+
+
+def test_per_revision_without_a_canary_is_the_stable_revision_alone() -> None:
+    ms = sample("gpu")
+    objects = _by_key(traffic_children(ms, TrafficSplit(STABLE), per_revision=True))
+    assert set(objects) == {
+        ("Deployment", revision_name(ms, STABLE)),
+        ("Service", revision_name(ms, STABLE)),
+        ("Service", ms.name),
+        ("HTTPRoute", ms.name),
+    }
+    deployment = objects["Deployment", revision_name(ms, STABLE)]
+    assert deployment["spec"]["replicas"] == ms.spec.serving.replicas
+    assert deployment["spec"]["selector"]["matchLabels"][REVISION_LABEL] == STABLE
+    # every revision's pods: a Deployment being retired keeps serving until the new stable one is available
+    assert objects["Service", ms.name]["spec"]["selector"] == selector_labels(ms)
+
+
+@pytest.mark.parametrize(("weight", "mirror", "canary_min"), [(0, None, 1), (0, 50, 1), (10, None, 1), (60, None, 2)])
+def test_revision_hpas(weight: int, mirror: int | None, canary_min: int) -> None:
+    ms = sample("cpu")  # autoscaling minReplicas 2 .. maxReplicas N
+    assert ms.spec.autoscaling is not None and ms.spec.autoscaling.min_replicas == 2
+    split = TrafficSplit(STABLE, CANARY, weight, mirror)
+    today = revision_hpas(ms, split)
+    assert [h["spec"]["scaleTargetRef"]["name"] for h in today] == [ms.name]  # strategy immediate: today's HPA
+    stable, canary = revision_hpas(ms, split, per_revision=True)
+    assert stable["metadata"]["name"] == ms.name
+    assert stable["spec"]["scaleTargetRef"]["name"] == revision_name(ms, STABLE)
+    assert canary["metadata"]["name"] == revision_name(ms, CANARY)
+    assert canary["spec"]["scaleTargetRef"]["name"] == revision_name(ms, CANARY)
+    assert canary["spec"]["minReplicas"] == canary_min
+    assert canary["spec"]["maxReplicas"] == ms.spec.autoscaling.max_replicas
+    for hpa in (stable, canary):
+        assert validate_strict(hpa) == list(K8S_VERSIONS)
+    assert revision_hpas(sample("gpu"), split, per_revision=True) == []  # no autoscaling, no HPA
+    only = revision_hpas(ms, TrafficSplit(STABLE), per_revision=True)
+    assert [h["spec"]["scaleTargetRef"]["name"] for h in only] == [revision_name(ms, STABLE)]
+
+
+def test_children_with_traffic() -> None:
+    ms = sample("cpu")
+    observed = Observed(conversion_job="succeeded")
+    waiting = children(ms, observed, traffic=Traffic(None, per_revision=True))
+    assert "Deployment" not in {o["kind"] for o in waiting}  # nothing serves before the first revision
+    canary = _by_key(children(ms, observed, traffic=Traffic(TrafficSplit(STABLE, CANARY, 10), per_revision=True)))
+    assert ("Deployment", revision_name(ms, STABLE)) in canary and ("Deployment", revision_name(ms, CANARY)) in canary
+    assert ("Deployment", ms.name) not in canary
+    assert ("PodDisruptionBudget", ms.name) in canary  # one PDB over every revision's pods
+    assert ("HorizontalPodAutoscaler", revision_name(ms, CANARY)) in canary
+    immediate = _by_key(children(ms, observed, traffic=Traffic(TrafficSplit(STABLE))))
+    assert immediate["Deployment", ms.name]["metadata"]["annotations"]["modelservice.dev/conversion-hash"] == STABLE
