@@ -28,7 +28,7 @@ import pytest
 from _apiserver import verdict
 from pydantic import BaseModel
 
-from modelservice.api import exposure, models, rollout, scaling, status
+from modelservice.api import exposure, models, rollout, scaling, serving, status, tuning
 from modelservice.api.errors import SpecError
 from modelservice.api.loader import parse
 from modelservice.api.models import ModelService
@@ -435,6 +435,36 @@ INVALID: dict[str, Case] = {
         "spec.rollout.steps: strategy canary needs at least one step",
         ".spec.rollout: strategy canary needs at least one step",
     ),
+    "latency target with two percentiles": Case(
+        "LatencyTarget._exactly_one",
+        doc({"model": ONNX, "serving": {"latencyTarget": {"p99Milliseconds": 50, "p95Milliseconds": 40}}}),
+        "spec.serving.latencyTarget: set exactly one of p99Milliseconds and p95Milliseconds",
+        ".spec.serving.latencyTarget: set exactly one of",
+    ),
+    "latency target without a percentile": Case(
+        "LatencyTarget._exactly_one",
+        doc({"model": ONNX, "serving": {"latencyTarget": {}}}),
+        "spec.serving.latencyTarget: set exactly one of p99Milliseconds and p95Milliseconds",
+        ".spec.serving.latencyTarget: set exactly one of",
+    ),
+    "tuning concurrency zero": Case(
+        "Tuning._positive",
+        doc({"model": ONNX, "serving": {"tuning": {"concurrency": [0, 8]}}}),
+        "spec.serving.tuning.concurrency: values must be >= 1",
+        "spec.serving.tuning.concurrency.0: 0 is less than the minimum of 1",
+    ),
+    "tuning batch sizes twice": Case(
+        "Tuning._positive",
+        doc({"model": ONNX, "serving": {"tuning": {"batchSizes": [8, 8]}}}),
+        "spec.serving.tuning.batchSizes: values must be unique",
+        "spec.serving.tuning.batchSizes: values must be unique",
+    ),
+    "tuning negative queue delay": Case(
+        "Tuning._delays",
+        doc({"model": ONNX, "serving": {"tuning": {"queueDelaysMicroseconds": [-1]}}}),
+        "spec.serving.tuning.queueDelaysMicroseconds: values must be >= 0",
+        "spec.serving.tuning.queueDelaysMicroseconds.0: -1 is less than the minimum of 0",
+    ),
     "steps without canary": Case(
         "Rollout._steps_rules",
         doc({"model": ONNX, "rollout": {"steps": [{"weight": 10, "pause": "1m"}]}}),
@@ -774,7 +804,7 @@ def test_both_accept(case: str) -> None:
 
 def _api_models() -> list[type[BaseModel]]:
     found = []
-    for module in (models, status, exposure, rollout, scaling):
+    for module in (models, status, exposure, rollout, scaling, serving, tuning):
         for _, value in inspect.getmembers(module, inspect.isclass):
             if issubclass(value, BaseModel) and value.__module__ == module.__name__:
                 found.append(value)

@@ -18,6 +18,8 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from modelservice.api.base import ApiModel, cel
 
 DEFAULT_CONCURRENCY = (1, 8, 32)
+# CEL twin of _positive_list's uniqueness check (the API server refuses the same lists).
+_UNIQUE = cel(("self.all(x, self.exists_one(y, y == x))", "values must be unique", ""))
 DEFAULT_MAX_TRIALS = 24
 DEFAULT_MAX_SECONDS = 300
 
@@ -86,25 +88,25 @@ class Tuning(ApiModel):
         min_length=1,
         max_length=16,
         description="Concurrent requests each configuration is measured at.",
-        json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": 4096}},
+        json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": 4096}, **_UNIQUE},
     )
     batch_sizes: list[int] | None = Field(
         default=None,
         max_length=16,
         description="maxBatchSize candidates (default: powers of two up to spec.serving.maxBatchSize).",
-        json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": 65536}},
+        json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": 65536}, **_UNIQUE},
     )
     queue_delays_microseconds: list[int] | None = Field(
         default=None,
         max_length=16,
         description="Dynamic batching max_queue_delay_microseconds candidates (default 0, 100, 1000, 5000).",
-        json_schema_extra={"items": {"type": "integer", "minimum": 0, "maximum": 10_000_000}},
+        json_schema_extra={"items": {"type": "integer", "minimum": 0, "maximum": 10_000_000}, **_UNIQUE},
     )
     instances: list[int] | None = Field(
         default=None,
         max_length=8,
         description="Model instances per replica candidates (default 1 and 2).",
-        json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": 64}},
+        json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": 64}, **_UNIQUE},
     )
 
     @field_validator("concurrency", "batch_sizes", "instances")
