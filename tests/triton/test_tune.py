@@ -10,17 +10,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tritonclient.http as httpclient
 import yaml
 
 from _serving import MODELS, alive, command_line, write_digits_modelservice
 from modelservice.api.tuning import Performance
-from modelservice.convert.repository import read_config
+from modelservice.convert.repository import read_config, write_config
 from modelservice.tune.search import TIE
 
 TUNE = [sys.executable, "-m", "modelservice.cli", "tune"]
@@ -220,6 +222,11 @@ def test_in_the_pod_tune_uses_the_running_triton_and_starts_none(tmp_path: Path,
     repository = tmp_path / "repository"
     make_runnable(converted, repository, install)
     before = (repository / "digits-cnn" / "config.pbtxt").read_bytes()
+    # another model in the same repository is not this ModelService's: the profiler leaves it unloaded
+    shutil.copytree(repository / "digits-cnn", repository / "other")
+    other = read_config(repository / "other" / "config.pbtxt")
+    other.name = "other"
+    write_config(other, repository / "other" / "config.pbtxt")
     summary = tmp_path / "termination-log"
     triton = ExplicitTriton(
         repository=repository, log_path=tmp_path / "triton.log", install=install, cache_dir=cache_dir
@@ -233,6 +240,9 @@ def test_in_the_pod_tune_uses_the_running_triton_and_starts_none(tmp_path: Path,
         assert "tritonserver pid" not in result.stdout  # it started none
         assert triton.alive()
         assert descendants(triton.pid) - stubs_before  # the model it loaded runs in a stub under this Triton
+        index = httpclient.InferenceServerClient(triton.http_url).get_model_repository_index()
+        states = {entry["name"]: entry.get("state") for entry in index}
+        assert states["digits-cnn"] == "READY" and states["other"] != "READY"
     data = json.loads((repository / "performance.json").read_text(encoding="utf-8"))
     performance = Performance.model_validate(data)
     assert performance.target == "p99 <= 300 ms" and performance.cold_start_seconds is not None

@@ -33,7 +33,7 @@ from modelservice.api.errors import UserError
 from modelservice.api.loader import LoadedModelService
 from modelservice.api.models import ModelService
 from modelservice.api.tuning import LatencyTarget, Performance
-from modelservice.convert.output import model_folders
+from modelservice.convert.output import STEP_SUFFIXES, model_folders
 from modelservice.convert.repository import CONFIG_FILE, ModelConfig, read_config, write_config
 from modelservice.convert.textdata import builtin_sentences
 from modelservice.convert.textserving import encoder_name, is_text_model
@@ -151,7 +151,10 @@ class _Session:
         self.ms, self.url, self.options = ms, url, options
         self.target = check_tunable(ms)
         self.tuned = encoder_name(ms) if is_text_model(ms) else ms.name
-        self.models = model_folders(repository, ms.name) if (repository / ms.name).is_dir() else [ms.name]
+        # this ModelService's folders only (the repository may hold other models): steps first, then <name>
+        own = {ms.name, *(ms.name + suffix for suffix in STEP_SUFFIXES)}
+        found = model_folders(repository, ms.name) if (repository / ms.name).is_dir() else [ms.name]
+        self.models = [name for name in found if name in own]
         if not (repository / self.tuned / CONFIG_FILE).is_file():
             raise UserError(f"{repository / self.tuned / CONFIG_FILE}: not found (convert first)")
         base = _untuned(repository / self.tuned)
