@@ -123,6 +123,9 @@ class ModelServiceStatus(ApiModel):
     performance: Performance | None = Field(
         default=None, description="What tuning measured (spec.serving.latencyTarget): config, throughput, latency."
     )
+    tune_job: str | None = Field(
+        default=None, description="Name of the profiling Job status.performance comes from (its tuning hash)."
+    )
     rollout: RolloutStatus | None = Field(default=None, description="The rollout of a new revision (spec.rollout).")
     # No default (unlike conditions): a schema default would make the API server store ``revisions: []`` in
     # every status, and the operator, which writes none until a rollout records one, would patch it away each time.

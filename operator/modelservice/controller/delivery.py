@@ -39,6 +39,7 @@ from modelservice.render import (
     is_owned_by,
 )
 from modelservice.render.canary import revision_name
+from modelservice.render.tuneplan import TunePlan
 
 
 def per_revision(ms: ModelService) -> bool:
@@ -126,9 +127,11 @@ def machine_observed(
     conversion: ConversionResult | None,
     state: rollout.RolloutState,
     deployments: Deployments,
+    tuning: TunePlan | None = None,
 ) -> rollout.Observed:
     """What ``rollout.step`` needs. The spec's revision is ready when its repository is converted (its Job
-    succeeded, or it is on the claim already) and, when it will run as a canary, its Deployment has a ready
+    succeeded, or it is on the claim already), with tuning wanted also tuned (``tuning.deploy_hash``: its
+    profiling Job finished, succeeded or failed), and, when it will run as a canary, its Deployment has a ready
     replica."""
     desired = plan.desired_hash
     artifact = conversion.artifact if conversion is not None and conversion.succeeded else None
@@ -139,7 +142,7 @@ def machine_observed(
         artifact_sha256=(artifact or {}).get("sha256"),
         verification=VerificationStatus.model_validate(verification) if verification else None,
     )
-    ready = plan.deploy_hash == desired
+    ready = (tuning.deploy_hash if tuning is not None and tuning.wanted else plan.deploy_hash) == desired
     stable = stable_hint(state, deployments)
     if ready and per_revision(ms) and stable is not None and stable != desired:
         ready = _ready_replicas(deployments.revisions.get(desired)) > 0

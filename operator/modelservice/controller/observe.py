@@ -21,6 +21,8 @@ from modelservice.controller.cache import Cache
 from modelservice.controller.client import ApiError, KubeClient
 from modelservice.controller.status import ConversionResult
 from modelservice.render import Observed, deployment_name, is_owned_by, job_name, job_state, pvc_name
+from modelservice.render.plan import DEFAULT_CONFIG, OperatorConfig
+from modelservice.render.tuneplan import current_tune_job_name, tuning_wanted
 
 JOB_NAME_LABEL = "job-name"  # set by the Job controller on its pods (also batch.kubernetes.io/job-name)
 ARTIFACT_KEYS = ("uri", "format", "precision", "sha256", "sizeBytes", "sourceSha256")
@@ -41,8 +43,11 @@ def cached_child(cache: Cache, ms: ModelService, kind: str, name: str) -> dict[s
     return cache.get(api_version, kind_name, ms.namespace, name)
 
 
-async def observe(client: KubeClient, cache: Cache, ms: ModelService) -> Observed:
-    """``Observed`` for the renderer: the Deployment, the current hash's Job state, a foreign model claim."""
+async def observe(
+    client: KubeClient, cache: Cache, ms: ModelService, config: OperatorConfig = DEFAULT_CONFIG
+) -> Observed:
+    """``Observed`` for the renderer: the Deployment, the current hash's Job state, a foreign model claim, and
+    the state of the current tuning hash's profiling Job (looked up only when tuning is wanted)."""
     deployment = cached_child(cache, ms, "Deployment", deployment_name(ms))
     if deployment is not None and not is_owned_by(deployment, ms):
         deployment = None  # not ours: apply reports the conflict
@@ -54,10 +59,12 @@ async def observe(client: KubeClient, cache: Cache, ms: ModelService) -> Observe
         external = await _foreign_claim_exists(client, cache, ms)
     elif pvc is not None:
         external = not is_owned_by(pvc, ms)
+    tune = cached_child(cache, ms, "Job", current_tune_job_name(ms, config)) if tuning_wanted(ms) else None
     return Observed(
         deployment=deployment,
         conversion_job=job_state(job) if job is not None else None,
         pvc_external=external,
+        tune_job=job_state(tune) if tune is not None else None,
     )
 
 

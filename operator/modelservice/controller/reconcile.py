@@ -18,7 +18,7 @@ from typing import Any
 from modelservice.api.errors import SpecError
 from modelservice.api.loader import parse
 from modelservice.api.models import ModelService
-from modelservice.controller import apply, delivery, observe
+from modelservice.controller import apply, delivery, observe, tuning
 from modelservice.controller.analysis import PrometheusClient
 from modelservice.controller.cache import Cache
 from modelservice.controller.client import ApiError, KubeClient
@@ -40,6 +40,8 @@ from modelservice.render import (
     selector_string,
     service_name,
 )
+from modelservice.render.names import TUNING_HASH_LABEL
+from modelservice.render.tuneplan import served_tuning_hash
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ class Reconciler:
         rollout: _Rollout | None = None
         try:
             ms = parse(body, f"{key[0]}/{key[1]}")
-            observed = await observe.observe(self.client, self.cache, ms)
+            observed = await observe.observe(self.client, self.cache, ms, self.config)
             if ms.spec.rollout is not None:
                 rollout = await self._decide(key, ms, observed, previous, clock)
                 observed = rollout.observed
@@ -120,7 +122,7 @@ class Reconciler:
                 # while the HPA it replaces still scales the Deployment); its deletion's event reconciles again.
                 await self._prune(key, ms, wanted, uid)
 
-        observed = await observe.observe(self.client, self.cache, ms)
+        observed = await observe.observe(self.client, self.cache, ms, self.config)
         if rollout is not None:
             deployments = delivery.Deployments.of(ms, self.cache.children(key))
             observed = replace(
@@ -142,9 +144,13 @@ class Reconciler:
             apply_error=apply_error,
             apply_reason=apply_reason,
             rollout=delivery.status_overlay(rollout.decision) if rollout else None,
+            **await self._tuning_inputs(key, ms, observed, previous),
         )
         status = compute_status(inputs)
         wrote = await self._publish(key, body, status)
+        event = tuning.tuning_event(previous, status) if wrote else None
+        if event is not None:
+            await apply.post_event(self.client, body, *event, now=clock)
         stalled = apply_error is not None or decision.conversion_failed
         if rollout is None:
             return Done(stalled=stalled)
@@ -162,7 +168,8 @@ class Reconciler:
         deployments = delivery.Deployments.of(ms, self.cache.children(key))
         observed = delivery.observed_for_plan(ms, observed, state, deployments)
         conversion = await observe.conversion_result(self.client, self.cache, ms, previous)
-        machine = delivery.machine_observed(ms, plan(ms, observed), conversion, state, deployments)
+        tune = tuning.tune_plan(ms, observed, self.config)
+        machine = delivery.machine_observed(ms, plan(ms, observed), conversion, state, deployments, tune)
         sample = await delivery.take_sample(self.prometheus, ms, state, now)
         decision = step(ms.spec.rollout, state, machine, sample, now, history_limit=ms.spec.revision_history_limit)
         return _Rollout(observed, decision, delivery.traffic(ms, decision))
@@ -184,7 +191,8 @@ class Reconciler:
             [
                 {k: meta.get(k) for k in ("name", "namespace", "uid", "labels", "annotations")},
                 body.get("spec"),
-                [observed.served_hash, observed.conversion_job, observed.pvc_external],
+                [observed.served_hash, observed.conversion_job, observed.pvc_external, observed.tune_job],
+                [served_tuning_hash(observed.deployment), (body.get("status") or {}).get("performance")],
                 sorted(observed.revisions_available),
                 repr(traffic),
             ],
@@ -204,13 +212,34 @@ class Reconciler:
             return None
         return endpoints(ms, self.config, service).to_api()
 
+    async def _tuning_inputs(
+        self, key: Key, ms: ModelService, observed: Observed, previous: dict[str, Any]
+    ) -> dict[str, Any]:
+        """StatusInputs' tuning fields (issue 11): the plan, the profiling Job's result, the tunings served."""
+        if not tuning.tuning_wanted(ms) and not previous.get("tuneJob"):
+            return {}
+        deployments = (o for o in self.cache.children(key) if o.get("kind") == "Deployment")
+        return {
+            "tuning": tuning.tune_plan(ms, observed, self.config),
+            "tune_job_name": tuning.current_tune_job_name(ms, self.config),
+            "tune": await tuning.tune_result(self.client, self.cache, ms, previous, self.config),
+            "served_tunings": tuning.served_tunings(deployments),
+        }
+
     async def _prune(self, key: Key, ms: ModelService, wanted: list[dict[str, Any]], uid: str) -> None:
-        """Delete children the spec no longer asks for; the current hash's Job and ConfigMap stay (its logs)."""
+        """Delete children the spec no longer asks for; the current hash's Job and ConfigMap stay (its logs), and
+        so do the current tuning hash's profiling Job and ConfigMap (those of other tuning hashes go, also on the
+        current conversion hash: a changed latency target)."""
         current = conversion_hash(ms)
+        current_tuning: str | None = None
         existing = list(self.cache.children(key))
         for obj in obsolete_children(ms, wanted, existing):
             labels = (obj.get("metadata") or {}).get("labels") or {}
-            if labels.get(HASH_LABEL) == current:
+            if TUNING_HASH_LABEL in labels:
+                current_tuning = current_tuning or tuning.tuning_hash(ms, self.config)
+                if labels[TUNING_HASH_LABEL] == current_tuning:
+                    continue
+            elif labels.get(HASH_LABEL) == current:
                 continue
             await apply.delete_child(self.client, self.cache, obj)
             logger.info("%s/%s: deleted %s/%s", *key, obj.get("kind"), (obj.get("metadata") or {}).get("name"))

@@ -3,8 +3,13 @@
 ``compute_status(StatusInputs) -> dict`` returns the whole ``status`` (camelCase, as stored). It never talks to
 the API and never reads the clock: the caller passes ``now``. Conditions follow kstatus: ``Ready`` (the current
 generation is fully served), ``Converted``, ``Available``, and ``Reconciling``/``Stalled``, which are True only
-while something is in progress or stuck. ``lastTransitionTime`` changes only when a condition's status changes,
-so an unchanged situation gives an identical status (and the caller writes nothing).
+while something is in progress or stuck; ``Tuned`` too while tuning is wanted (``spec.serving.latencyTarget``).
+``lastTransitionTime`` changes only when a condition's status changes, so an unchanged situation gives an
+identical status (and the caller writes nothing).
+
+Tuning (the profiling Job, issue 11) holds the phase at ``Converting`` (Ready False, Reconciling True, reason
+``Tuning``): it prepares the repository Triton serves, and the Deployment rolls only after it. A failed profiling
+Job never blocks serving: ``Tuned`` False reason ``TuningFailed`` says why; Ready follows the Deployment.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelservice.render.plan import Plan
+from modelservice.render.tuneplan import TunePlan
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 CONDITION_TYPES = ("Ready", "Converted", "Available", "Reconciling", "Stalled")
+# Present only while tuning is wanted (after the others): True once Triton serves the config tuned for the spec.
+TUNED = "Tuned"
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,17 @@ class ConversionResult:
     message: str = ""
     artifact: dict[str, Any] | None = None
     verification: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What a finished profiling Job reported: ``performance`` is ``Performance.to_api()`` from its profiler's
+    termination message (None: unreadable, ``message`` says why); on failure ``message`` is the error."""
+
+    job: str
+    succeeded: bool
+    message: str = ""
+    performance: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,10 @@ class StatusInputs:
     served:       the conversion result of the hash the Deployment serves (carried from the previous status).
     apply_error:  a child the operator cannot create or take over (e.g. a foreign object with its name), with
                   ``apply_reason`` (ChildConflict, ChildRejected).
+    tuning:       the tuning plan (``plan_tuning``); None or not ``wanted``: no Tuned condition.
+    tune:         the result of the current tuning hash's profiling Job (``tune_job_name``), when it finished.
+    served_tunings: the tuning hashes the ModelService's Deployments carry: ``status.performance`` is kept while
+                  the one it was measured for (``status.tuneJob``'s) is among them.
     """
 
     generation: int
@@ -110,6 +133,10 @@ class StatusInputs:
     apply_error: str | None = None
     apply_reason: str = "ChildConflict"
     rollout: RolloutOverlay | None = None
+    tuning: TunePlan | None = None
+    tune_job_name: str | None = None
+    tune: TuneResult | None = None
+    served_tunings: frozenset[str] = frozenset()
 
 
 def _condition(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
@@ -149,6 +176,57 @@ def _served_verification(inputs: StatusInputs) -> dict[str, Any] | None:
     return previous if isinstance(previous, dict) else None
 
 
+def _performance(inputs: StatusInputs) -> tuple[dict[str, Any] | None, str | None]:
+    """(``status.performance``, ``status.tuneJob``): a profiling Job's that just succeeded, else the previous ones
+    while a Deployment still serves the tuning they measured (the tuning hash ends the Job's name)."""
+    result = inputs.tune
+    if result is not None and result.succeeded:
+        return result.performance, result.job
+    job = inputs.previous.get("tuneJob")
+    if not isinstance(job, str) or job.rsplit("-", 1)[-1] not in inputs.served_tunings:
+        return None, None
+    performance = inputs.previous.get("performance")
+    return (performance if isinstance(performance, dict) else None), job
+
+
+def _performance_summary(performance: dict[str, Any] | None) -> str:
+    if performance is None:
+        return "its summary could not be read (see the Job's logs)"
+    latency = performance.get("latencyMs") or {}
+    config = performance.get("config") or {}
+    text = (
+        f"{performance.get('throughputPerReplica', 0):g} inferences/s per replica, p99 {latency.get('p99', 0):g} ms"
+        f" (maxBatchSize {config.get('maxBatchSize')}, queue delay {config.get('maxQueueDelayMicroseconds', 0)} us,"
+        f" {config.get('instances', 1)} instance(s))"
+    )
+    if performance.get("targetMet") is False:
+        text += f"; no configuration met {performance.get('target') or 'the latency target'}"
+    return text
+
+
+def _tuned_condition(inputs: StatusInputs, tuning: TunePlan, performance: dict[str, Any] | None) -> dict[str, Any]:
+    job = inputs.tune_job_name
+    if tuning.tuning_failed:
+        result = inputs.tune
+        detail = result.message if result is not None and not result.succeeded and result.message else "see its logs"
+        serving = "serving the untuned configuration" if tuning.deploy_tuning_hash is None else "serving the last tuned"
+        return _condition(TUNED, FALSE, "TuningFailed", f"Job {job} failed ({serving}): {detail}")
+    if tuning.tuning:
+        return _condition(TUNED, FALSE, "Tuning", f"Job {job} is profiling the converted model on the serving hardware")
+    if tuning.tuned:
+        return _condition(TUNED, TRUE, "Tuned", _performance_summary(performance))
+    return _condition(TUNED, FALSE, "WaitingForConversion", "the profiling Job runs once the model is converted")
+
+
+def failed_tune_detail(job: str, previous: dict[str, Any]) -> str | None:
+    """The error a failed profiling Job ``job`` reported, as the previous status's Tuned condition holds it."""
+    tuned: dict[str, Any] = next((c for c in previous.get("conditions") or [] if c.get("type") == TUNED), {})
+    message, prefix = str(tuned.get("message") or ""), f"Job {job} failed ("
+    if tuned.get("reason") != "TuningFailed" or not message.startswith(prefix) or "): " not in message:
+        return None
+    return message.split("): ", 1)[1]
+
+
 @dataclass(frozen=True)
 class _Verdict:
     phase: str
@@ -175,6 +253,9 @@ def _verdict(inputs: StatusInputs, plan: Plan, converted: dict[str, Any], dep: D
     if plan.converting:
         message = converted["message"]
         return _Verdict("Converting", (FALSE, "Converting", message), (TRUE, "Converting", message), ok)
+    if inputs.tuning is not None and inputs.tuning.tuning:  # the profiling Job prepares the repository: Converting
+        message = f"Job {inputs.tune_job_name} is tuning the served configuration"
+        return _Verdict("Converting", (FALSE, "Tuning", message), (TRUE, "Tuning", message), ok)
     if dep is None or plan.deploy_hash is None:
         message = "creating the Triton Deployment"
         return _Verdict("Deploying", (FALSE, "Deploying", message), (TRUE, "Deploying", message), ok)
@@ -221,6 +302,8 @@ def _phase_and_conditions(inputs: StatusInputs) -> tuple[str, list[dict[str, Any
         _condition("Reconciling", *verdict.reconciling),
         _condition("Stalled", *verdict.stalled),
     ]
+    if inputs.tuning is not None and inputs.tuning.wanted:
+        conditions.append(_tuned_condition(inputs, inputs.tuning, _performance(inputs)[0]))
     overlay = inputs.rollout
     if overlay is None or not overlay.conditions or verdict.phase not in ("Ready", "Degraded", "Deploying"):
         return verdict.phase, conditions
@@ -285,6 +368,11 @@ def compute_status(inputs: StatusInputs) -> dict[str, Any]:
         for key in ("artifact", "verification", "conversionJob"):
             if key in inputs.previous:
                 status[key] = inputs.previous[key]
+    performance, tune_job = _performance(inputs)
+    if performance is not None:
+        status["performance"] = dict(performance)
+    if tune_job is not None:
+        status["tuneJob"] = tune_job
     return status
 
 

@@ -15,7 +15,10 @@ PersistentVolumeClaim ``spec.storage.pvc.name`` or           conversion needed a
                       ``<name>-models``                      existing foreign one (``Observed.pvc_external``)
 ConfigMap             ``<name>-convert-<hash>`` (immutable)  ``plan.job_wanted``
 Job                   ``<name>-convert-<hash>``              ``plan.job_wanted``
-Deployment            ``<name>``                             ``plan.deploy_hash`` is set
+ConfigMap             ``<name>-tune-<tuning hash>`` (immut.) ``TunePlan.job_wanted`` (tuneplan.py: a latency
+Job                   ``<name>-tune-<tuning hash>``          target set; the profiling Job, tunejob.py)
+Deployment            ``<name>``                             ``TunePlan.deploy_hash`` is set (``plan``'s, held
+                                                             back while a new conversion is being tuned)
 Service               ``<name>``                             always
 PodDisruptionBudget   ``<name>``                             with the Deployment
 HorizontalPodAutosc.  ``<name>``                             with the Deployment, when ``spec.autoscaling``
@@ -105,6 +108,8 @@ from modelservice.render.pdb import build_pdb
 from modelservice.render.plan import DEFAULT_CONFIG, JobState, Observed, OperatorConfig, Plan, job_state, plan
 from modelservice.render.pvc import build_pvc
 from modelservice.render.service import build_service
+from modelservice.render.tunejob import build_tune_configmap, build_tune_job, with_tuning_annotation
+from modelservice.render.tuneplan import TunePlan, plan_tuning, served_tuning_hash
 
 __all__ = [
     "HASH_ANNOTATION",
@@ -179,17 +184,21 @@ def children(
     """
     check_cluster_uris(ms)
     decision = plan(ms, observed)
+    tuning = plan_tuning(ms, decision, observed.tune_job, served_tuning_hash(observed.deployment), config)
     out: list[dict[str, Any]] = []
     if needs_conversion(ms) and not observed.pvc_external:
         out.append(build_pvc(ms, config))
     if decision.job_wanted:
         out += [build_configmap(ms), build_job(ms, config)]
+    if tuning.job_wanted:
+        out += [build_tune_configmap(ms, config), build_tune_job(ms, config)]
     if traffic is not None:
-        return out + _traffic_children(ms, traffic, config)
-    if decision.deploy_hash is not None:
-        out.append(build_deployment(ms, decision.deploy_hash, config))
+        served = _traffic_children(ms, traffic, config)
+        return out + [_tuned(obj, tuning, observed.deployment) for obj in served]
+    if tuning.deploy_hash is not None:
+        out.append(_tuned(build_deployment(ms, tuning.deploy_hash, config), tuning, observed.deployment))
     out.append(build_service(ms))
-    if decision.deploy_hash is not None:
+    if tuning.deploy_hash is not None:
         out.append(build_pdb(ms))
         for scaler in (build_hpa(ms), build_scaled_object(ms, config), build_http_scaled_object(ms, config)):
             if scaler is not None:
@@ -198,6 +207,26 @@ def children(
         if optional is not None:
             out.append(optional)
     return out
+
+
+def _tuned(obj: dict[str, Any], tuning: TunePlan, live: dict[str, Any] | None) -> dict[str, Any]:
+    """A Deployment with the tuning annotation ``tuning`` decided for it (other objects as they are).
+
+    The Deployment serving ``tuning.deploy_hash`` carries ``deploy_tuning_hash``. One moving to another conversion
+    hash untuned while the live one (``live``, same name) still carries a tuning hash gets an empty value: the
+    merge patch keeps what is not rendered, and the old value would claim a tuning the new repository lacks
+    (``served_tuning_hash`` reads empty as untuned). Otherwise none is rendered: what the live one has stays.
+    """
+    if obj.get("kind") != "Deployment":
+        return obj
+    meta = obj.get("metadata") or {}
+    hash_ = (meta.get("annotations") or {}).get(HASH_ANNOTATION)
+    value = tuning.deploy_tuning_hash if hash_ == tuning.deploy_hash else None
+    if value is None and live is not None and (live.get("metadata") or {}).get("name") == meta.get("name"):
+        moved = (((live.get("metadata") or {}).get("annotations")) or {}).get(HASH_ANNOTATION) != hash_
+        if moved and served_tuning_hash(live) is not None:
+            value = ""
+    return obj if value is None else with_tuning_annotation(obj, value)
 
 
 def _traffic_children(ms: ModelService, traffic: Traffic, config: OperatorConfig) -> list[dict[str, Any]]:
@@ -252,14 +281,15 @@ def _with_namespace(ms: ModelService, namespace: str | None) -> ModelService:
 def render_stream(
     models: list[ModelService], namespace: str | None = None, config: OperatorConfig = DEFAULT_CONFIG
 ) -> str:
-    """A YAML stream of what the operator would create for each ModelService, assuming conversion succeeds.
+    """A YAML stream of what the operator would create for each ModelService, assuming conversion (and tuning,
+    with ``spec.serving.latencyTarget``) succeeds.
 
     ``namespace`` applies to ModelServices whose metadata names none (default: ``default``).
     """
     documents: list[str] = []
     for model in models:
         ms = _with_namespace(model, namespace)
-        observed = Observed(conversion_job="succeeded")
+        observed = Observed(conversion_job="succeeded", tune_job="succeeded")
         for obj in children(ms, observed, config):
             documents.append(kubeyaml.dump(obj, sort_keys=False, default_flow_style=False))  # kubectl applies it
     return "".join(f"---\n{doc}" for doc in documents)

@@ -108,12 +108,15 @@ class Observed:
                        ModelService: it is used as is and no PersistentVolumeClaim is rendered.
     revisions_available: hashes whose converted repositories are on the claim already (the revisions in
                        ``status.revisions``, spec.rollout): serving one of them again needs no conversion Job.
+    tune_job:          state of the profiling Job of the spec's current tuning hash
+                       (``tuneplan.current_tune_job_name``), or None: no such Job, or tuning not wanted.
     """
 
     deployment: dict[str, Any] | None = None
     conversion_job: JobState | None = None
     pvc_external: bool = False
     revisions_available: frozenset[str] = frozenset()
+    tune_job: JobState | None = None
 
     @property
     def served_hash(self) -> str | None:
