@@ -315,3 +315,39 @@ async def test_a_second_canary_after_a_promotion_starts_afresh(
     assert (rollout["canaryRevision"], rollout["stableRevision"], rollout["step"]) == (third, second, 1)
     assert "analysis" not in rollout  # none taken in this canary yet
     assert [r["hash"] for r in ms_status(emulator)["revisions"]] == [third, second, first]
+
+
+async def test_immediate_strategy_keeps_history_and_rolls_back_without_a_job(
+    emulator: ApiServerEmulator, start_operator: Any
+) -> None:
+    """strategy immediate: today's single Deployment <name>, switched at once, with status.revisions kept."""
+    await start_operator(clock=FakeClock())
+    await create(emulator, modelservice(rollout={"strategy": "immediate"}))
+    job = await wait_for(lambda: jobs_of(emulator) and jobs_of(emulator)[0], what="the first Job")
+    first = job["metadata"]["labels"][HASH_LABEL]
+    await finish_job(emulator, job, SUMMARY)
+    await wait_for(lambda: emulator.get(DEPLOYMENTS, NS, "digits"), what="the Deployment")
+    await make_ready(emulator, "digits")
+    await wait_for(lambda: ms_status(emulator).get("phase") == "Ready", what="Ready")
+
+    await patch(emulator, f"{MS_PATH}/digits", {"spec": {"conversion": {"precision": "fp16"}}})
+    job = await wait_for(
+        lambda: next((j for j in jobs_of(emulator) if j["metadata"]["labels"][HASH_LABEL] != first), None),
+        what="the second Job",
+    )
+    second = job["metadata"]["labels"][HASH_LABEL]
+    await finish_job(emulator, job, SUMMARY)
+
+    def served() -> str:
+        return str(emulator.get(DEPLOYMENTS, NS, "digits")["metadata"]["annotations"][HASH_ANNOTATION])
+
+    await wait_for(lambda: served() == second, what="switched at once")
+    await wait_for(lambda: revisions_of(emulator).get(first, {}).get("outcome") == "Superseded", what="history")
+    job_posts = len(_job_posts(emulator))
+
+    await patch(emulator, f"{MS_PATH}/digits", {"spec": {"conversion": {"precision": "fp32"}}})
+    await wait_for(lambda: served() == first, what="rolled back")
+    await wait_for(lambda: revisions_of(emulator).get(second, {}).get("outcome") == "RolledBack", what="RolledBack")
+    assert len(_job_posts(emulator)) == job_posts
+    assert deployment_names(emulator) == ["digits"]  # never a per-revision Deployment
+    assert rollout_of(emulator)["phase"] == "Promoted"
