@@ -209,3 +209,53 @@ async def test_a_failed_tuning_serves_untuned(emulator: ApiServerEmulator, start
     assert condition(status, "Ready")["status"] == "True" and condition(status, "Stalled")["status"] == "False"
     assert condition(status, "Tuned")["reason"] == "TuningFailed"
     assert len(tune_jobs(emulator)) == 1, "the failed Job is not retried in a loop"
+
+
+async def test_a_canary_starts_only_once_its_revision_is_tuned(
+    emulator: ApiServerEmulator, start_operator: Any
+) -> None:
+    rollout = {"strategy": "canary", "steps": [{"weight": 10, "pause": "2m"}], "analysis": {"interval": "30s"}}
+    await start_operator()
+    body = modelservice(rollout=rollout, serving={"replicas": 2, "latencyTarget": {"p99Milliseconds": 50}})
+    await create(emulator, body)
+    tune = await convert(emulator)
+    first = tune["metadata"]["labels"][HASH_LABEL]
+    await wait_for(lambda: condition(ms_status(emulator), "Tuned").get("reason") == "Tuning", what="tuning")
+    assert not emulator.items(DEPLOYMENTS, NS), "no revision serves before it is tuned"
+    await finish_tune_job(emulator, tune, json.dumps(PERFORMANCE))
+    stable = await wait_for(lambda: emulator.get(DEPLOYMENTS, NS, f"digits-{first}"), what="the first revision")
+    assert (
+        stable["metadata"]["annotations"][TUNING_HASH_ANNOTATION] == tune["metadata"]["labels"][TUNING_HASH_ANNOTATION]
+    )
+    await make_ready(emulator, f"digits-{first}")
+    await wait_for(lambda: ms_status(emulator).get("phase") == "Ready", what="Ready")
+
+    # A new conversion: its profiling Job runs before the canary's Deployment exists; the stable one keeps serving.
+    await patch(emulator, f"{MS_PATH}/digits", {"spec": {"conversion": {"precision": "fp16"}}})
+    job = await wait_for(
+        lambda: next((j for j in conversion_jobs(emulator) if j["metadata"]["labels"][HASH_LABEL] != first), None),
+        what="the new revision's conversion Job",
+    )
+    second = job["metadata"]["labels"][HASH_LABEL]
+    await finish_job(emulator, job, SUMMARY)
+    retune = await wait_for(
+        lambda: next((j for j in tune_jobs(emulator) if j["metadata"]["labels"][HASH_LABEL] == second), None),
+        what="the new revision's profiling Job",
+    )
+    await wait_for(
+        lambda: (
+            ms_status(emulator).get("observedGeneration") == 2
+            and condition(ms_status(emulator), "Tuned").get("reason") == "Tuning"
+        ),
+        what="tuning the new revision",
+    )
+    assert emulator.get(DEPLOYMENTS, NS, f"digits-{second}") is None, "the canary waits for its tuning"
+    assert emulator.get(DEPLOYMENTS, NS, f"digits-{first}") is not None
+    await finish_tune_job(emulator, retune, json.dumps(PERFORMANCE))
+    canary = await wait_for(lambda: emulator.get(DEPLOYMENTS, NS, f"digits-{second}"), what="the canary")
+    tuned = retune["metadata"]["labels"][TUNING_HASH_ANNOTATION]
+    assert canary["metadata"]["annotations"][TUNING_HASH_ANNOTATION] == tuned
+    stable = emulator.get(DEPLOYMENTS, NS, f"digits-{first}")
+    assert (
+        stable["metadata"]["annotations"][TUNING_HASH_ANNOTATION] == tune["metadata"]["labels"][TUNING_HASH_ANNOTATION]
+    )

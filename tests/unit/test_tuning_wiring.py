@@ -104,6 +104,27 @@ class TestRollout:
             # without the tuning plan, as before: converted is ready
             assert delivery.machine_observed(ms, plan(ms, observed), None, state, found).ready
 
+    def test_a_canary_is_rendered_once_its_repository_is_ready(self) -> None:
+        """At weight 0 a canary still converting or being tuned has no Deployment yet (its Triton would find no
+        model, or a config being replaced); the stable revision's is untouched."""
+        from modelservice.render import Traffic, TrafficSplit
+
+        for ms, tuned_state in ((UNTUNED, None), (MS, "running"), (MS, "succeeded")):
+            ms = modified(ms, "rollout", {"strategy": "canary", "steps": [{"weight": 10, "pause": "1m"}]})
+            old, new = "0123456789", conversion_hash(ms)
+            stable = live(ms, old, None)
+            stable["metadata"]["name"] = f"{ms.name}-{old}"
+            traffic = Traffic(TrafficSplit(stable=old, canary=new, weight=0), per_revision=True)
+            names = {f"{ms.name}-{old}", f"{ms.name}-{new}"}
+            for conversion, expected in (("running", {f"{ms.name}-{old}"}), ("succeeded", names)):
+                observed = Observed(deployment=stable, conversion_job=conversion, tune_job=tuned_state)
+                rendered = {
+                    o["metadata"]["name"] for o in children(ms, observed, traffic=traffic) if o["kind"] == "Deployment"
+                }
+                if tuned_state == "running":
+                    expected = {f"{ms.name}-{old}"}
+                assert rendered == expected, (tuned_state, conversion)
+
 
 def status_of(observed: Observed, **kw: Any) -> dict[str, Any]:
     values: dict[str, Any] = {

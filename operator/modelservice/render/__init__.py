@@ -193,7 +193,7 @@ def children(
     if tuning.job_wanted:
         out += [build_tune_configmap(ms, config), build_tune_job(ms, config)]
     if traffic is not None:
-        served = _traffic_children(ms, traffic, config)
+        served = _traffic_children(ms, _deployable(traffic, tuning.deploy_hash), config)
         return out + [_tuned(obj, tuning, observed.deployment) for obj in served]
     if tuning.deploy_hash is not None:
         out.append(_tuned(build_deployment(ms, tuning.deploy_hash, config), tuning, observed.deployment))
@@ -207,6 +207,16 @@ def children(
         if optional is not None:
             out.append(optional)
     return out
+
+
+def _deployable(traffic: Traffic, deploy_hash: str | None) -> Traffic:
+    """``traffic`` without a canary that takes no requests yet (weight 0) and whose repository is not ready to
+    serve (``deploy_hash``: still converting, or being tuned): its Triton would find no model, or load the config
+    the profiler is replacing. The rollout waits for it (not ready) and renders it once it is."""
+    split = traffic.split
+    if split is None or not split.canary_running or split.weight > 0 or split.canary == deploy_hash:
+        return traffic
+    return Traffic(TrafficSplit(stable=split.stable), traffic.per_revision)
 
 
 def _tuned(obj: dict[str, Any], tuning: TunePlan, live: dict[str, Any] | None) -> dict[str, Any]:

@@ -17,7 +17,8 @@ One pod, two containers sharing the model claim (issue 11):
   there). The spec comes from an immutable ConfigMap of the tuning hash (``build_tune_configmap``): the
   conversion's ConfigMap holds the spec of the conversion, and a changed latency target keeps the conversion hash.
 
-Wiring (not done here; ``plan_tuning`` in tuneplan.py holds the rules)::
+Wiring (done in render/__init__.py ``children``, controller/observe.py and controller/tuning.py; ``plan_tuning``
+in tuneplan.py holds the rules)::
 
     # controller/observe.py: the profiling Job of the current tuning hash, and the served tuning hash
     tune = cached_child(cache, ms, "Job", current_tune_job_name(ms, config))
