@@ -102,6 +102,16 @@ def tuning_annotation(emulator: ApiServerEmulator) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def pod_lists(emulator: ApiServerEmulator, job: dict[str, Any]) -> int:
+    """How often the operator listed the pods of ``job`` (for its termination message)."""
+    selector = f"job-name={job['metadata']['name']}"
+    return sum(
+        1
+        for r in list(emulator._requests)
+        if r.method.value == "GET" and "/pods" in r.url.path and r.params.get("labelSelector") == selector
+    )
+
+
 def events(emulator: ApiServerEmulator, reason: str) -> list[dict[str, Any]]:
     return [e for e in emulator.items(EVENTS, NS) if e.get("reason") == reason]
 
@@ -156,6 +166,7 @@ async def test_conversion_then_tuning_then_deployment(emulator: ApiServerEmulato
     status = await wait_for(lambda: ms_status(emulator).get("phase") == "Ready" and ms_status(emulator), what="Ready")
     assert status["performance"] == PERFORMANCE
     assert len(tune_jobs(emulator)) == 1, "the current tuning's Job stays (its logs) until its TTL"
+    assert pod_lists(emulator, tune) == 1, "the summary is read once, then carried in the status"
 
     # A new latency target only: a new profiling Job, no conversion; Triton keeps serving the tuned config meanwhile.
     served = tuning_annotation(emulator)
@@ -209,6 +220,8 @@ async def test_a_failed_tuning_serves_untuned(emulator: ApiServerEmulator, start
     assert condition(status, "Ready")["status"] == "True" and condition(status, "Stalled")["status"] == "False"
     assert condition(status, "Tuned")["reason"] == "TuningFailed"
     assert len(tune_jobs(emulator)) == 1, "the failed Job is not retried in a loop"
+    assert pod_lists(emulator, tune) == 1, "the error is read once, then carried in the Tuned condition"
+    assert len(events(emulator, "TuningFailed")) == 1
 
 
 async def test_a_canary_starts_only_once_its_revision_is_tuned(
