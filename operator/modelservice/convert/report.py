@@ -85,7 +85,7 @@ class Report:
 
 def write_report(report: Report, path: Path) -> None:
     """Write report.json atomically."""
-    _atomic_write(path, json.dumps(report.data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(report.data, indent=2, sort_keys=True) + "\n")
 
 
 def write_summary(report: Report, path: Path) -> None:
@@ -95,10 +95,11 @@ def write_summary(report: Report, path: Path) -> None:
         with path.open("w", encoding="utf-8") as handle:
             handle.write(text)
         return
-    _atomic_write(path, text)
+    atomic_write_text(path, text)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path`` (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -89,7 +89,8 @@ def _probes(config: OperatorConfig) -> dict[str, Any]:
     }
 
 
-def _resources(ms: ModelService) -> dict[str, Any]:
+def triton_resources(ms: ModelService) -> dict[str, Any]:
+    """Triton's container resources: spec.serving.resources, GPUs as nvidia.com/gpu limits."""
     resources = ms.spec.serving.resources
     limits: dict[str, Any] = dict(resources.limits)
     if resources.gpu > 0:
@@ -117,7 +118,7 @@ def _container(
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "env": [{"name": "HOME", "value": "/tmp"}],
-        "resources": _resources(ms),
+        "resources": triton_resources(ms),
         **_probes(config),
         "volumeMounts": [
             *mounts,

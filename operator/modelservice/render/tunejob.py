@@ -67,8 +67,8 @@ from modelservice.api import kubeyaml
 from modelservice.api.models import ModelService
 from modelservice.api.tuning import Performance
 from modelservice.render.configmap import modelservice_document
-from modelservice.render.deployment import shm_size, triton_image
-from modelservice.render.job import GPU_RESOURCE, TERMINATION_LOG, converter_image, with_gpu_toleration
+from modelservice.render.deployment import shm_size, triton_image, triton_resources
+from modelservice.render.job import TERMINATION_LOG, converter_image, with_gpu_toleration
 from modelservice.render.names import (
     COMPONENT_TUNER,
     GRPC_PORT,
@@ -147,20 +147,6 @@ def tune_deadline_seconds(ms: ModelService, config: OperatorConfig = DEFAULT_CON
     return ms.spec.serving.tuning.max_seconds + startup + TUNE_DEADLINE_MARGIN_SECONDS
 
 
-def _triton_resources(ms: ModelService) -> dict[str, Any]:
-    """The serving replica's resources, GPUs included (as the Deployment's Triton)."""
-    resources = ms.spec.serving.resources
-    limits: dict[str, Any] = dict(resources.limits)
-    if resources.gpu > 0:
-        limits[GPU_RESOURCE] = resources.gpu
-    out: dict[str, Any] = {}
-    if resources.requests:
-        out["requests"] = dict(resources.requests)
-    if limits:
-        out["limits"] = limits
-    return out
-
-
 def _triton(ms: ModelService, hash_: str, config: OperatorConfig) -> dict[str, Any]:
     return {
         "name": TRITON_CONTAINER,
@@ -170,7 +156,7 @@ def _triton(ms: ModelService, hash_: str, config: OperatorConfig) -> dict[str, A
         "command": ["tritonserver"],
         "args": tune_triton_args(repository_path(hash_)),
         "env": [{"name": "HOME", "value": "/tmp"}],
-        "resources": _triton_resources(ms),
+        "resources": triton_resources(ms),
         "volumeMounts": [
             {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
             {"name": "shm", "mountPath": "/dev/shm"},

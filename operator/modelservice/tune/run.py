@@ -34,6 +34,7 @@ from modelservice.api.loader import LoadedModelService
 from modelservice.api.models import ModelService
 from modelservice.api.tuning import LatencyTarget, Performance
 from modelservice.convert.output import STEP_SUFFIXES, model_folders
+from modelservice.convert.report import atomic_write_text
 from modelservice.convert.repository import CONFIG_FILE, ModelConfig, read_config, write_config
 from modelservice.convert.textdata import builtin_sentences
 from modelservice.convert.textserving import encoder_name, is_text_model
@@ -296,16 +297,7 @@ def write_text(path: Path, text: str) -> None:
     if str(path).startswith("/dev/") or (path.exists() and not path.is_file()):
         path.write_text(text, encoding="utf-8")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def _finish(
