@@ -18,6 +18,7 @@ from test_lifecycle import (
     CONFIGMAPS,
     DEPLOYMENTS,
     EVENTS,
+    HPAS,
     JOBS,
     MS_PATH,
     NS,
@@ -272,3 +273,21 @@ async def test_a_canary_starts_only_once_its_revision_is_tuned(
     assert (
         stable["metadata"]["annotations"][TUNING_HASH_ANNOTATION] == tune["metadata"]["labels"][TUNING_HASH_ANNOTATION]
     )
+
+
+async def test_autoscaling_follows_the_measured_throughput(emulator: ApiServerEmulator, start_operator: Any) -> None:
+    """inferenceRate without a target: 80% of status.performance.throughputPerReplica once tuned (issue 11)."""
+    await start_operator()
+    autoscaling = {"minReplicas": 1, "maxReplicas": 4, "metrics": [{"type": "inferenceRate"}]}
+    body = modelservice(serving={"replicas": 1, "latencyTarget": {"p99Milliseconds": 50}}, autoscaling=autoscaling)
+    await create(emulator, body)
+    tune = await convert(emulator)
+    await finish_tune_job(emulator, tune, json.dumps(PERFORMANCE))
+    await wait_for(lambda: ms_status(emulator).get("performance"), what="performance")
+    await make_ready(emulator)
+
+    def average() -> str | None:
+        hpa = emulator.get(HPAS, NS, "digits")
+        return hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] if hpa else None
+
+    await wait_for(lambda: average() == "328", what="the HPA target from the measured 410/s")
