@@ -9,6 +9,8 @@ from typing import Any
 import helm_python
 import yaml
 
+from _crdschema import closed_schema
+
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "modelservice-operator"
 RELEASE = "msvc-op"
@@ -113,20 +115,6 @@ def is_cluster_scoped(grant: Grant) -> bool:
 
 
 # ------------------------------------------------------------------------------------- CRD-typed objects
-
-
-def closed_schema(node: Any) -> Any:
-    """Structural CRD schemas prune unknown fields; strict client validation rejects them: mirror that."""
-    if isinstance(node, dict):
-        out = {k: closed_schema(v) for k, v in node.items()}
-        if (
-            "properties" in out
-            and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            out["additionalProperties"] = False
-        return out
-    return [closed_schema(v) for v in node] if isinstance(node, list) else node
 
 
 def crd_object_errors(obj: dict[str, Any], schema: dict[str, Any]) -> list[str]:
