@@ -45,7 +45,9 @@ The Deployment needs ``TUNING_HASH_ANNOTATION`` (``modelservice.dev/tuning-hash`
 ``served_tuning_hash`` reads) and on its pod template (a new tuned config restarts the pods: Triton reads
 config.pbtxt at start): ``with_tuning_annotation`` sets both. Rendered without it (untuned, or tuning off), a
 Deployment keeps an annotation it had (the operator's merge patch never removes a field it does not render):
-harmless: a tuning hash covers its conversion hash, so a stale value matches only the tuning still on disk.
+harmless: a tuning hash covers its conversion hash, so a stale value matches only the tuning still on disk. When
+the Deployment moves to another conversion hash untuned, ``children`` renders the value empty (``_tuned`` in
+render/__init__.py), so what it carries names only a tuning it serves (``status.performance`` relies on it).
 
 Known limits: the profiler rewrites config.pbtxt in the repository a running Deployment may serve (a re-tune on
 the same conversion hash), so a pod that restarts during a re-tune already reads the new config; turning tuning
