@@ -110,7 +110,8 @@ def _termination_message(pods: list[dict[str, Any]]) -> str:
     return best[1].strip()
 
 
-def _job_failure(job: dict[str, Any]) -> str:
+def job_failure(job: dict[str, Any]) -> str:
+    """The message (or reason) of a Job's Failed/FailureTarget condition; empty when it has none."""
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") in ("Failed", "FailureTarget") and condition.get("status") == "True":
             return str(condition.get("message") or condition.get("reason") or "")
@@ -141,6 +142,6 @@ async def conversion_result(
     message = _termination_message(pods)
     artifact, verification = parse_summary(message)
     if state == "failed":
-        detail = message if artifact is None and message else _job_failure(job)
+        detail = message if artifact is None and message else job_failure(job)
         return ConversionResult(name, False, detail.splitlines()[-1][:512] if detail else "")
     return ConversionResult(name, True, "", artifact, verification)

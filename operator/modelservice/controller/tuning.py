@@ -21,7 +21,7 @@ from modelservice.api.models import ModelService
 from modelservice.controller.apply import POD
 from modelservice.controller.cache import Cache
 from modelservice.controller.client import KubeClient
-from modelservice.controller.observe import JOB_NAME_LABEL, cached_child
+from modelservice.controller.observe import JOB_NAME_LABEL, cached_child, job_failure
 from modelservice.controller.status import TUNED, TuneResult, failed_tune_detail
 from modelservice.render import Observed, OperatorConfig, job_state, plan
 from modelservice.render.tunejob import parse_performance, profiler_termination_message
@@ -52,13 +52,6 @@ def tune_plan(ms: ModelService, observed: Observed, config: OperatorConfig) -> T
     return plan_tuning(ms, plan(ms, observed), observed.tune_job, served_tuning_hash(observed.deployment), config)
 
 
-def _job_failure(job: dict[str, Any]) -> str:
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") in ("Failed", "FailureTarget") and condition.get("status") == "True":
-            return str(condition.get("message") or condition.get("reason") or "")
-    return ""
-
-
 async def tune_result(
     client: KubeClient, cache: Cache, ms: ModelService, previous: dict[str, Any], config: OperatorConfig
 ) -> TuneResult | None:
@@ -85,7 +78,7 @@ async def tune_result(
     pods = await client.list(POD, ms.namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
     message = profiler_termination_message(pods)
     if state == "failed":
-        detail = message.splitlines()[-1] if message else _job_failure(job)
+        detail = message.splitlines()[-1] if message else job_failure(job)
         return TuneResult(name, False, detail[:MESSAGE_LIMIT])
     performance, problem = parse_performance(message)
     return TuneResult(name, True, problem or "", performance.to_api() if performance is not None else None)
