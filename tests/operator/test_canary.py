@@ -351,3 +351,31 @@ async def test_immediate_strategy_keeps_history_and_rolls_back_without_a_job(
     assert len(_job_posts(emulator)) == job_posts
     assert deployment_names(emulator) == ["digits"]  # never a per-revision Deployment
     assert rollout_of(emulator)["phase"] == "Promoted"
+
+
+async def test_adding_a_canary_rollout_hands_over_to_a_per_revision_deployment(
+    emulator: ApiServerEmulator, start_operator: Any
+) -> None:
+    """A ModelService served by today's <name> Deployment gets spec.rollout (canary): its revision moves to
+    <name>-<hash> with no conversion, and <name> goes only once the new Deployment is available."""
+    await start_operator(clock=FakeClock())
+    await create(emulator, modelservice(serving={"replicas": 2}))
+    job = await wait_for(lambda: jobs_of(emulator) and jobs_of(emulator)[0], what="the Job")
+    served = job["metadata"]["labels"][HASH_LABEL]
+    await finish_job(emulator, job, SUMMARY)
+    await wait_for(lambda: emulator.get(DEPLOYMENTS, NS, "digits"), what="today's Deployment")
+    await make_ready(emulator, "digits")
+    await wait_for(lambda: ms_status(emulator).get("phase") == "Ready", what="Ready")
+    job_posts = len(_job_posts(emulator))
+
+    await patch(emulator, f"{MS_PATH}/digits", {"spec": {"rollout": ROLLOUT}})
+    own = await wait_for(lambda: emulator.get(DEPLOYMENTS, NS, f"digits-{served}"), what="the per-revision one")
+    assert own["metadata"]["annotations"][HASH_ANNOTATION] == served
+    assert "digits" in deployment_names(emulator)  # keeps serving during the handover
+    assert REVISION_LABEL not in emulator.get(SERVICES, NS, "digits")["spec"]["selector"]  # selects both meanwhile
+    await make_ready(emulator, f"digits-{served}")
+    await wait_for(lambda: deployment_names(emulator) == [f"digits-{served}"], what="today's Deployment retired")
+    assert len(_job_posts(emulator)) == job_posts  # the same revision: no conversion
+    assert revisions_of(emulator)[served]["outcome"] == "Serving"
+    assert rollout_of(emulator)["phase"] == "Promoted"
+    await wait_for(lambda: ms_status(emulator).get("phase") == "Ready", what="Ready again")
